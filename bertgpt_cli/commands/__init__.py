@@ -1,0 +1,1 @@
+"""One module per command: NAME, HELP, CONFIG (the typed config) and run(config)."""

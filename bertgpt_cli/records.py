@@ -1,0 +1,203 @@
+"""Reading input records (arguments, a file or stdin; plain text or JSON Lines) and running
+them through a command in bounded windows while keeping output order = input order."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .console import err_console
+from .errors import BgcliError, UsageError
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class InputRecord:
+    """One input text, with its 1-based line number and the JSONL fields to pass through."""
+
+    line: int
+    text: str | None
+    fields: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+class RecordError(Exception):
+    """Raised (or returned) for one record: reported as `line N: reason`, the stream goes on."""
+
+
+class RecordsFailed(BgcliError):
+    """Raised after the whole stream when some records failed (exit status 1)."""
+
+
+def read_input_records(
+    texts: list[str],
+    input_path: str | None,
+    input_format: str = "auto",
+    text_field: str = "text",
+) -> Iterator[InputRecord]:
+    """Resolve where the texts come from; plain text is one text per line."""
+    if texts and input_path:
+        raise UsageError("give texts as arguments or --input FILE, not both")
+    if texts:
+        return (_text_record(i, t) for i, t in enumerate(texts, start=1))
+    if input_path in (None, "-"):
+        if input_path is None and _stdin_is_terminal():
+            raise UsageError("no input: pass texts as arguments, --input FILE, or pipe them on stdin")
+        return _read_lines(sys.stdin.buffer, input_format, text_field, is_jsonl_name=False)
+    path = Path(input_path)
+    if not path.is_file():
+        raise UsageError(f"input file '{input_path}' not found; check the path, or use - for stdin")
+    stream = path.open("rb")
+    return _read_lines(stream, input_format, text_field, is_jsonl_name=path.suffix == ".jsonl")
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _read_lines(
+    stream: BinaryIO, input_format: str, text_field: str, is_jsonl_name: bool
+) -> Iterator[InputRecord]:
+    """Decode lines one at a time so endless stdin runs in bounded memory."""
+    lines = _decoded_lines(stream)
+    if input_format == "auto":
+        peeked, lines = _peek_first_non_empty(lines)
+        jsonl = is_jsonl_name or (peeked is not None and _is_json_object(peeked))
+    else:
+        jsonl = input_format == "jsonl"
+    for number, text, decode_error in lines:
+        if decode_error:
+            yield InputRecord(number, None, error=decode_error)
+        elif jsonl:
+            yield _jsonl_record(number, text, text_field)
+        else:
+            yield _text_record(number, text)
+
+
+def _decoded_lines(stream: BinaryIO) -> Iterator[tuple[int, str, str | None]]:
+    try:
+        for number, raw in enumerate(stream, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            raw = raw.rstrip(b"\n").rstrip(b"\r")
+            try:
+                yield number, raw.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1].hex()
+                reason = f"not valid UTF-8 (byte 0x{bad} at column {exc.start + 1}); re-encode the input as UTF-8"
+                yield number, "", reason
+    finally:
+        if stream is not getattr(sys.stdin, "buffer", None):
+            stream.close()
+
+
+def _peek_first_non_empty(lines: Iterator[tuple[int, str, str | None]]):
+    buffered = []
+    first = None
+    for item in lines:
+        buffered.append(item)
+        if item[2] is None and item[1].strip():
+            first = item[1]
+            break
+    return first, itertools.chain(buffered, lines)
+
+
+def _is_json_object(text: str) -> bool:
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _text_record(number: int, text: str) -> InputRecord:
+    if not text.strip():
+        return InputRecord(number, None, error="empty line; remove it or give it a text")
+    return InputRecord(number, text)
+
+
+def _jsonl_record(number: int, line: str, text_field: str) -> InputRecord:
+    if not line.strip():
+        return InputRecord(number, None, error="empty line; every line must be a JSON object")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return InputRecord(number, None, error=f"not valid JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(obj, dict):
+        kind = type(obj).__name__
+        return InputRecord(number, None, error=f"expected a JSON object, got {kind}")
+    fields = {k: v for k, v in obj.items() if k != text_field}
+    if text_field not in obj:
+        have = ", ".join(obj) or "none"
+        reason = f"no '{text_field}' field (fields: {have}); choose one with --text-field"
+        return InputRecord(number, None, fields, error=reason)
+    text = obj[text_field]
+    if not isinstance(text, str):
+        return InputRecord(number, None, fields, error=f"field '{text_field}' is not a string")
+    if not text.strip():
+        return InputRecord(number, None, fields, error=f"field '{text_field}' is empty")
+    return InputRecord(number, text, fields)
+
+
+# Processing -----------------------------------------------------------------------------
+
+BatchResult = list  # per good record: a list of output dicts, or a RecordError
+ProcessBatch = Callable[[list[InputRecord]], list]
+
+
+def report_bad_record(record: InputRecord) -> None:
+    err_console.print(f"line {record.line}: {record.error}", markup=False, style="red")
+
+
+def error_output(record: InputRecord) -> dict:
+    return {**record.fields, "line": record.line, "error": record.error}
+
+
+def run_stream(
+    records: Iterable[InputRecord],
+    process_batch: ProcessBatch,
+    write: Callable[[dict], None],
+    window: int,
+    flush: Callable[[], None] = lambda: None,
+) -> tuple[int, int]:
+    """Process records `window` at a time; write results in input order.
+
+    `process_batch` gets the good records of a window and returns, for each, a list of
+    output dicts or a RecordError. Bad records never stop the stream. Returns (ok, failed).
+    """
+    ok = failed = 0
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, window)):
+        good = [r for r in chunk if r.error is None]
+        results = iter(process_batch(good) if good else [])
+        for record in chunk:
+            if record.error is None:
+                outcome = next(results)
+                if isinstance(outcome, RecordError):
+                    record.error = str(outcome)
+                else:
+                    for out in outcome:
+                        write({**record.fields, **out})
+                    ok += 1
+                    continue
+            report_bad_record(record)
+            write(error_output(record))
+            failed += 1
+        flush()
+    return ok, failed
+
+
+def raise_if_failed(ok: int, failed: int) -> None:
+    if failed:
+        total = ok + failed
+        raise RecordsFailed(f"{failed} of {total} records failed (reported above by line number)")
