@@ -10,13 +10,12 @@ import fcntl
 import importlib.metadata
 import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import remove_stale_temp_dirs, save_dir_atomically
 from .console import info
 from .errors import BgcliError
 
@@ -95,7 +94,7 @@ def materialize_smollm2(alias: BuiltinModel) -> Path:
     with _exclusive_lock(target.parent / ".smollm2.lock"):
         if (target / "config.json").is_file():  # another process converted it meanwhile
             return target
-        _remove_stale_conversions(target)
+        remove_stale_temp_dirs(target)
         info(f"Converting {gguf_path.name} to safetensors in {target} (once, ~30 s)...")
         convert_gguf_to_safetensors(gguf_path, target)
     return target
@@ -109,12 +108,6 @@ def _exclusive_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _remove_stale_conversions(target: Path) -> None:
-    """Temp dirs left by a killed conversion (we hold the lock, so none is live)."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
@@ -135,16 +128,12 @@ def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
     plain = type(loaded)(config)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = loaded.generation_config
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        plain.save_pretrained(temp)
-        tokenizer.save_pretrained(temp)
-        if target.exists():
-            shutil.rmtree(target)  # an incomplete copy (no config.json) is never used
-        os.replace(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+
+    def write(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    save_dir_atomically(target, write)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {

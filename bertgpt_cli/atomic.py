@@ -1,0 +1,50 @@
+"""Atomic writes: a reader (or a crash) never sees a half-written file or model dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def temp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a temp dir beside `target`, then rename it into place.
+
+    A crash or kill before the rename leaves only a hidden temp dir (see
+    `remove_stale_temp_dirs`), never a partial `target`.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
+    try:
+        write(temp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return target
+
+
+def remove_stale_temp_dirs(target: Path) -> None:
+    """Temp dirs left by killed writers of `target`; call while holding the writer's lock."""
+    for stale in target.parent.glob(temp_prefix(target) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

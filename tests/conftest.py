@@ -1,0 +1,154 @@
+"""Shared fixtures: offline for the whole session, tiny random BERT / GPT-2 models built
+on the fly, and a helper that runs the CLI as a user does (exit code, stdout, stderr)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Set before any HF library is imported: they read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+BGCLI = [sys.executable, "-m", "bertgpt_cli"]
+
+CORPUS = [
+    "the movie was great and the actors were wonderful",
+    "a terrible film with a boring plot and bad acting",
+    "i loved the music but the story was slow",
+    "the best picture of the year, a moving story",
+    "paris is the capital of france and london of england",
+    "the cat sat on the mat while the dog slept",
+    "what a fun and charming comedy for the whole family",
+    "dull, long and predictable; i want my money back",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bgcli_home(tmp_path_factory):
+    """A private bgcli cache (the smollm2 copy is converted once per session)."""
+    home = tmp_path_factory.mktemp("bgcli-home")
+    os.environ["BGCLI_HOME"] = str(home)
+    return home
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], input: bytes | str | None = None) -> CliResult:
+    """Run `bgcli ARGS` in-process with Typer's isolated stdin/stdout/stderr."""
+    from typer.testing import CliRunner
+
+    from bertgpt_cli.cli import main
+    from bertgpt_cli.console import set_verbosity
+
+    runner = CliRunner()
+    if isinstance(input, str):
+        input = input.encode()
+    with runner.isolation(input=input) as (out, err, _):
+        code = main(args)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        result = CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+    set_verbosity(False, False)
+    return result
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def _wordpiece_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+
+
+def _byte_level_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS, vocab_size=300, special_tokens=["<|endoftext|>"])
+    # Like GPT-2: bos = eos = <|endoftext|>, and no pad token.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        model_max_length=64,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A random 2-layer BERT with an MLM head and a WordPiece tokenizer trained on CORPUS."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = _wordpiece_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A random 2-layer GPT-2 with a byte-level BPE tokenizer and no pad token."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = _byte_level_tokenizer()
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=eos, eos_token_id=eos,
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

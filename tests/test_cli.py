@@ -1,0 +1,134 @@
+"""The CLI shell: version, fast --help (no heavy imports), one-line usage errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bertgpt_cli import __version__
+from bertgpt_cli.cli import app
+
+from .conftest import BGCLI, ROOT
+
+HEAVY = ("torch", "transformers", "datasets", "evaluate", "accelerate")
+COMMANDS = sorted(c.name for c in app.registered_commands)
+
+
+def heavy_modules_after(args: list[str]) -> list[str]:
+    """Run `bgcli ARGS` in a fresh interpreter and list the heavy modules it imported."""
+    code = (
+        "import sys\n"
+        "from bertgpt_cli.cli import main\n"
+        f"main({args!r})\n"
+        f"print('LOADED=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    line = [x for x in out.stdout.splitlines() if x.startswith("LOADED=")][-1]
+    return [m for m in line.removeprefix("LOADED=").split(",") if m]
+
+
+def test_every_command_is_registered():
+    assert {"env", "models", "tokenize"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]] + [[c, "--help"] for c in COMMANDS])
+def test_help_does_not_import_heavy_libraries(args):
+    assert heavy_modules_after(args) == []
+
+
+def test_the_import_check_can_fail():
+    """`env` really imports torch: the check above would notice a heavy import."""
+    assert "torch" in heavy_modules_after(["env", "--format", "json"])
+
+
+def test_version(cli):
+    result = cli(["--version"])
+    assert result.code == 0
+    assert result.stdout.strip() == f"bgcli {__version__}"
+
+
+def test_python_dash_m_works():
+    out = subprocess.run(BGCLI + ["--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_no_arguments_prints_help_and_exits_2(cli):
+    result = cli([])
+    assert result.code == 2
+    assert "Usage" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["tokenize", "--format", "xml", "hi"], "'xml' is not one of"),
+        (["tokenize", "--no-such-flag", "hi"], "No such option: --no-such-flag"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(cli, args, expected):
+    result = cli(args)
+    assert result.code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "--help" in lines[0]  # names the way to the fix
+    assert result.stdout == ""
+
+
+def test_runtime_error_is_one_line_exit_1_and_debug_shows_traceback(tmp_path):
+    missing = str(tmp_path / "no-such-file.txt")
+    plain = subprocess.run(BGCLI + ["tokenize", "-i", missing], capture_output=True, text=True, cwd=ROOT)
+    assert plain.returncode == 2  # a missing input file is a usage error
+    assert plain.stderr.strip().count("\n") == 0 and "not found" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = subprocess.run(
+        BGCLI + ["tokenize", "--debug", "-i", missing], capture_output=True, text=True, cwd=ROOT
+    )
+    assert "Traceback" in debug.stderr
+
+
+def test_broken_pipe_exits_quietly(tiny_bert_dir, tmp_path):
+    """`bgcli ... | head -1`: no traceback, and the status a closed pipe gives (128+SIGPIPE)."""
+    source = tmp_path / "many.txt"
+    source.write_text("".join(f"line number {i}\n" for i in range(20000)))
+    proc = subprocess.Popen(
+        BGCLI + ["tokenize", "-m", str(tiny_bert_dir), "--batch-size", "8", "-i", str(source)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode()
+    assert json.loads(first)["num_tokens"] > 0
+    assert proc.returncode == 141
+    assert "Traceback" not in stderr and "Error" not in stderr
+
+
+def test_ctrl_c_exits_130_without_traceback(tiny_bert_dir):
+    proc = subprocess.Popen(
+        BGCLI + ["tokenize", "-m", str(tiny_bert_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )
+    proc.stdin.write(b"first line\n")
+    proc.stdin.flush()
+    time.sleep(4)  # the command now waits for more stdin
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr.decode()
+
+
+def test_no_color_is_respected(tmp_path):
+    env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "1", "TERM": "xterm-256color"}
+    out = subprocess.run(BGCLI + ["tokenize", "-i", str(tmp_path / "x")], capture_output=True, env=env, cwd=ROOT)
+    assert b"\x1b[" not in out.stderr
+    env.pop("NO_COLOR")
+    colored = subprocess.run(BGCLI + ["tokenize", "-i", str(tmp_path / "x")], capture_output=True, env=env, cwd=ROOT)
+    assert b"\x1b[" in colored.stderr  # the check can fail: colour is on without NO_COLOR
