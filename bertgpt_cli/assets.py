@@ -7,7 +7,6 @@ __init__ imports a package we do not install.
 from __future__ import annotations
 
 import fcntl
-import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Callable
@@ -39,6 +38,8 @@ def package_dir(module: str) -> Path | None:
 
 
 def package_version(distribution: str) -> str | None:
+    import importlib.metadata  # lazily: ~20 ms that --help does not need
+
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -80,6 +81,7 @@ class BuiltinModel:
 
 # SmolLM2 ships as a Q4_1 GGUF: loading it dequantizes for ~20 s. Convert once to an
 # fp32 safetensors copy in bgcli's cache; later loads take about a second.
+
 
 def smollm2_cache_dir() -> Path:
     return bgcli_home() / "models" / "smollm2-135m-instruct"

@@ -167,8 +167,10 @@ def load_movie_reviews(source: str = "", split: str | None = None):
     labels = datasets.ClassLabel(names=MOVIE_REVIEW_LABELS)
     full = full.cast_column("label", labels)
     sources = [source] if source else list(MOVIE_REVIEW_SOURCES)
-    parts = [_movie_review_split(full.filter(lambda s, src=src: s == src, input_columns="source"), src, split)
-             for src in sources]
+    parts = [
+        _movie_review_split(full.filter(lambda s, src=src: s == src, input_columns="source"), src, split)
+        for src in sources
+    ]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
@@ -187,6 +189,5 @@ def require_columns(dataset, columns: dict[str, str], spec: str) -> None:
     for column, flag in columns.items():
         if column not in existing:
             raise UsageError(
-                f"column '{column}' not in {spec}; it has: {', '.join(existing)} "
-                f"(choose one with {flag})"
+                f"column '{column}' not in {spec}; it has: {', '.join(existing)} (choose one with {flag})"
             )

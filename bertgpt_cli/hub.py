@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import urllib.error
-import urllib.request
 
 PROBE_TIMEOUT_S = 1.5
 TRUE_VALUES = {"1", "true", "yes", "on"}
@@ -44,6 +42,9 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     urllib honours HTTPS_PROXY like huggingface_hub does. The request runs in a thread
     because DNS lookups ignore socket timeouts.
     """
+    import urllib.error  # lazily: urllib.request costs ~20 ms of every start-up
+    import urllib.request
+
     outcome: list[bool] = []
 
     def probe() -> None:

@@ -83,8 +83,10 @@ def _resolve_hub_id(spec: str, revision: str | None, trust_remote_code: bool) ->
 def unavailable_model_message(resolved: ResolvedModel, detail: str = "") -> str:
     spec = resolved.spec
     if resolved.source == "hub" and resolved.local_files_only:
-        why = "the Hub is offline (--offline / HF_HUB_OFFLINE=1)" if offline_from_env() else (
-            "the Hub is unreachable"
+        why = (
+            "the Hub is offline (--offline / HF_HUB_OFFLINE=1)"
+            if offline_from_env()
+            else ("the Hub is unreachable")
         )
         return (
             f"cannot load model '{spec}': {why} and it is not in the local HF cache; "
@@ -117,9 +119,7 @@ def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(
-            resolved.location, **resolved.pretrained_kwargs(), **kwargs
-        )
+        return AutoTokenizer.from_pretrained(resolved.location, **resolved.pretrained_kwargs(), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise BgcliError(unavailable_model_message(resolved, _first_line(exc))) from exc
 

@@ -130,6 +130,7 @@ def typer_command(config_cls: type[Config], run: Callable[[Config], Any]) -> Cal
 
 # Option groups shared by commands. Commands compose them into their own config.
 
+
 @dataclasses.dataclass
 class OutputOptions:
     format: str | None = option(

@@ -93,7 +93,9 @@ def _decoded_lines(stream: BinaryIO) -> Iterator[tuple[int, str, str | None]]:
                 yield number, raw.decode("utf-8"), None
             except UnicodeDecodeError as exc:
                 bad = raw[exc.start : exc.start + 1].hex()
-                reason = f"not valid UTF-8 (byte 0x{bad} at column {exc.start + 1}); re-encode the input as UTF-8"
+                reason = (
+                    f"not valid UTF-8 (byte 0x{bad} at column {exc.start + 1}); re-encode the input as UTF-8"
+                )
                 yield number, "", reason
     finally:
         if stream is not getattr(sys.stdin, "buffer", None):

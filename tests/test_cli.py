@@ -100,7 +100,9 @@ def test_broken_pipe_exits_quietly(tiny_bert_dir, tmp_path):
     source.write_text("".join(f"line number {i}\n" for i in range(20000)))
     proc = subprocess.Popen(
         BGCLI + ["tokenize", "-m", str(tiny_bert_dir), "--batch-size", "8", "-i", str(source)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
     first = proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does after its line
@@ -114,7 +116,10 @@ def test_broken_pipe_exits_quietly(tiny_bert_dir, tmp_path):
 def test_ctrl_c_exits_130_without_traceback(tiny_bert_dir):
     proc = subprocess.Popen(
         BGCLI + ["tokenize", "-m", str(tiny_bert_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
     proc.stdin.write(b"first line\n")
     proc.stdin.flush()
@@ -127,8 +132,12 @@ def test_ctrl_c_exits_130_without_traceback(tiny_bert_dir):
 
 def test_no_color_is_respected(tmp_path):
     env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "1", "TERM": "xterm-256color"}
-    out = subprocess.run(BGCLI + ["tokenize", "-i", str(tmp_path / "x")], capture_output=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        BGCLI + ["tokenize", "-i", str(tmp_path / "x")], capture_output=True, env=env, cwd=ROOT
+    )
     assert b"\x1b[" not in out.stderr
     env.pop("NO_COLOR")
-    colored = subprocess.run(BGCLI + ["tokenize", "-i", str(tmp_path / "x")], capture_output=True, env=env, cwd=ROOT)
+    colored = subprocess.run(
+        BGCLI + ["tokenize", "-i", str(tmp_path / "x")], capture_output=True, env=env, cwd=ROOT
+    )
     assert b"\x1b[" in colored.stderr  # the check can fail: colour is on without NO_COLOR

@@ -73,7 +73,9 @@ def test_unknown_column_names_the_columns_that_exist(tmp_path):
     path = tmp_path / "d.csv"
     write_rows(path, "csv")
     data = load_data(str(path))
-    with pytest.raises(UsageError, match=r"column 'review' not in .*it has: text, label \(choose one with --text-column\)"):
+    with pytest.raises(
+        UsageError, match=r"column 'review' not in .*it has: text, label \(choose one with --text-column\)"
+    ):
         require_columns(data, {"review": "--text-column"}, str(path))
 
 

@@ -57,7 +57,11 @@ def test_unreachable_hub_fails_in_about_a_second():
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"
     start = time.monotonic()
     out = subprocess.run(
-        BGCLI + ["tokenize", "-m", "someone/some-model", "hi"], capture_output=True, text=True, env=env, cwd=ROOT
+        BGCLI + ["tokenize", "-m", "someone/some-model", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     elapsed = time.monotonic() - start
     assert out.returncode == 1

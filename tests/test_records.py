@@ -48,7 +48,10 @@ def test_bad_records_are_reported_and_the_stream_goes_on(cli, tiny_bert_dir):
 
 
 def test_jsonl_is_detected_and_fields_pass_through(cli, tiny_bert_dir):
-    data = '{"text": "the movie", "id": 7, "meta": {"a": 1}}\n{"id": 8}\n[1, 2]\n{"text": "", "id": 9}\nnot json\n'
+    data = (
+        '{"text": "the movie", "id": 7, "meta": {"a": 1}}\n'
+        '{"id": 8}\n[1, 2]\n{"text": "", "id": 9}\nnot json\n'
+    )
     result = cli(["tokenize", "-m", str(tiny_bert_dir)], input=data)
     assert result.code == 1
     records = jsonl(result.stdout)

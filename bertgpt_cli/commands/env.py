@@ -28,8 +28,16 @@ NAME = "env"
 HELP = "Show versions, devices, caches and offline state (paste it into bug reports)."
 
 LIBRARIES = (
-    "torch", "transformers", "tokenizers", "datasets", "evaluate", "accelerate",
-    "huggingface_hub", "safetensors", "typer", "rich",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "evaluate",
+    "accelerate",
+    "huggingface_hub",
+    "safetensors",
+    "typer",
+    "rich",
 )
 
 
@@ -109,12 +117,14 @@ def _devices() -> dict[str, Any]:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            devices["cuda"].append({
-                "index": index,
-                "name": props.name,
-                "memory_gib": round(props.total_memory / 2**30, 1),
-                "bf16": torch.cuda.is_bf16_supported(),
-            })
+            devices["cuda"].append(
+                {
+                    "index": index,
+                    "name": props.name,
+                    "memory_gib": round(props.total_memory / 2**30, 1),
+                    "bf16": torch.cuda.is_bf16_supported(),
+                }
+            )
     return devices
 
 

@@ -37,16 +37,18 @@ def list_models() -> list[dict]:
     hub_cache = Path(_cache_dirs()["hub_cache"])
     for hub_id, (description, parameters, tasks) in COMMON_HUB_MODELS.items():
         cached = _hub_cache_dir(hub_cache, hub_id)
-        records.append({
-            "name": hub_id,
-            "kind": "hub",
-            "parameters": parameters,
-            "size": human_size(_tree_size(cached)) if cached else None,
-            "installed": "cached" if cached else "needs the Hub",
-            "tasks": tasks,
-            "description": description,
-            "location": str(cached) if cached else hub_id,
-        })
+        records.append(
+            {
+                "name": hub_id,
+                "kind": "hub",
+                "parameters": parameters,
+                "size": human_size(_tree_size(cached)) if cached else None,
+                "installed": "cached" if cached else "needs the Hub",
+                "tasks": tasks,
+                "description": description,
+                "location": str(cached) if cached else hub_id,
+            }
+        )
     return records
 
 

@@ -53,13 +53,17 @@ def run(config: TokenizeConfig) -> None:
             if too_long and not warned:
                 warned.append(True)
                 warn(f"some texts are longer than the limit of {limit} tokens (see 'fits')")
-            results.append([{
-                "tokens": tokens,
-                "input_ids": ids,
-                "num_tokens": len(ids),
-                "fits": not too_long,
-                "tokens_text": " ".join(tokens),
-            }])
+            results.append(
+                [
+                    {
+                        "tokens": tokens,
+                        "input_ids": ids,
+                        "num_tokens": len(ids),
+                        "fits": not too_long,
+                        "tokens_text": " ".join(tokens),
+                    }
+                ]
+            )
         return results
 
     try:

@@ -1,0 +1,1 @@
+"""Benchmarks: ours and a baseline side by side, in one run, on the same inputs."""

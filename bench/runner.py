@@ -1,0 +1,83 @@
+"""Side-by-side timing: alternate ours and the baseline, take medians, report the ratio."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+@dataclass
+class Result:
+    name: str
+    ours: float
+    baseline: float
+    unit: str
+    ratio: float  # > 1 means ours is better
+    identical: bool | None
+    baseline_name: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    output = fn()
+    return time.perf_counter() - start, output
+
+
+def compare_times(
+    name: str,
+    ours: Callable[[], Any],
+    baseline: Callable[[], Any],
+    *,
+    baseline_name: str,
+    repeats: int = 5,
+    warmup: int = 1,
+) -> Result:
+    """Wall seconds per run (lower is better); runs alternate so drift hits both sides."""
+    for _ in range(warmup):
+        ours()
+        baseline()
+    ours_times, base_times = [], []
+    ours_out = base_out = None
+    for _ in range(repeats):
+        t, ours_out = time_once(ours)
+        ours_times.append(t)
+        t, base_out = time_once(baseline)
+        base_times.append(t)
+    ours_median, base_median = statistics.median(ours_times), statistics.median(base_times)
+    identical = None if ours_out is None and base_out is None else ours_out == base_out
+    return Result(
+        name=name,
+        ours=round(ours_median, 4),
+        baseline=round(base_median, 4),
+        unit="s",
+        ratio=round(base_median / ours_median, 2),
+        identical=identical,
+        baseline_name=baseline_name,
+        details={"repeats": repeats, "ours_all": [round(t, 4) for t in ours_times],
+                 "baseline_all": [round(t, 4) for t in base_times]},
+    )
+
+
+def print_table(results: list[Result]) -> None:
+    header = f"{'benchmark':<34} {'ours':>10} {'baseline':>10} {'unit':>6} {'ratio':>7}  identical  baseline"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        same = "-" if r.identical is None else ("yes" if r.identical else "NO")
+        print(f"{r.name:<34} {r.ours:>10} {r.baseline:>10} {r.unit:>6} {r.ratio:>6}x  {same:<9}  {r.baseline_name}")
+
+
+def save(results: list[Result]) -> None:
+    """Merge by name into bench/results.json, so running one benchmark keeps the others."""
+    existing = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    merged = {r["name"]: r for r in existing}
+    merged.update({r.name: asdict(r) for r in results})
+    RESULTS.write_text(json.dumps(list(merged.values()), indent=2) + "\n")

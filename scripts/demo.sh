@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make demo`: a short tour on the built-in offline assets (no Hub needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bgcli() { .venv/bin/bgcli "$@"; }
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; }
+
+step "bgcli env --format tsv"
+bgcli env --format tsv
+
+step "bgcli models --format table"
+bgcli models --format table
+
+step "printf ... | bgcli tokenize -m minilm --format tsv   (a JSONL stream with pass-through fields)"
+printf '%s\n' \
+  '{"id": 1, "text": "A gorgeous, witty, seductive movie."}' \
+  '{"id": 2, "text": "The story is predictable and the acting is flat."}' \
+  '{"id": 3}' \
+  | bgcli tokenize -m minilm --format tsv || echo "(exit $?: record 3 has no text, reported above; the others went through)" >&2
