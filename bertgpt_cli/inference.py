@@ -1,0 +1,128 @@
+"""Shared inference plumbing for fill-mask / generate / classify: device and precision
+choice, model loading, and length-sorted batches that are written back in input order."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .console import info, warn
+from .errors import UsageError
+from .model_resolution import load_model, load_tokenizer, resolve_model
+from .options import ModelOptions, option
+from .records import InputRecord, RecordError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass
+class InferenceOptions:
+    batch_size: int = option(32, "Texts per forward pass.", panel="Speed")
+    device: str = option("auto", "auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps.", panel="Speed")
+    precision: str = option(
+        "auto",
+        "Weights dtype. auto: fp32 on CPU (exact answers), bf16 on a GPU that has it. "
+        "fp16 on a CPU is ~100x slower: never chosen there.",
+        choices=PRECISIONS,
+        panel="Speed",
+    )
+
+
+def pick_device(spec: str):
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown --device '{spec}'; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is visible; use --device cpu (or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps but MPS is not available; use --device cpu (or auto)")
+    return device
+
+
+def pick_dtype(precision: str, device):
+    import torch
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            warn("fp16 on a CPU is ~100x slower than fp32; prefer --precision bf16 or fp32")
+        return torch.float16
+    # auto: CPU bf16 changes answers (see README: agreement with fp32), so stay exact there.
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_for_inference(model_options: ModelOptions, speed: InferenceOptions, auto_class: Any, task: str,
+                       check: Callable[[Any, Any], None] | None = None, tokenizer_kwargs: dict | None = None):
+    """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device."""
+    import torch
+
+    from .model_resolution import load_config
+
+    resolved = resolve_model(
+        model_options.model,
+        offline=model_options.offline,
+        revision=model_options.revision,
+        trust_remote_code=model_options.trust_remote_code,
+    )
+    config = load_config(resolved)
+    if check is not None:
+        check(resolved, config)
+    device = pick_device(speed.device)
+    dtype = pick_dtype(speed.precision, device)
+    tokenizer = load_tokenizer(resolved, **(tokenizer_kwargs or {}))
+    model = load_model(resolved, auto_class, task, config=config, dtype=dtype)
+    model.to(device).eval()
+    torch.set_grad_enabled(False)
+    info(f"{task}: {resolved.spec} on {device} ({str(dtype).removeprefix('torch.')})")
+    return model, tokenizer
+
+
+def length_sorted(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Batches of indices with similar lengths (longest first), to cut padding."""
+    order = sorted(indices, key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def process_sorted(
+    records: list[InputRecord],
+    lengths: Sequence[int],
+    batch_size: int,
+    run_batch: Callable[[list[int]], list],
+) -> list:
+    """Run `run_batch` on length-sorted batches of record indices; results in input order.
+
+    `run_batch` returns one result per index: a list of output dicts or a RecordError.
+    """
+    results: list = [None] * len(records)
+    for batch in length_sorted(range(len(records)), lengths, batch_size):
+        for index, result in zip(batch, run_batch(batch), strict=True):
+            results[index] = result
+    return results
+
+
+def model_max_length(tokenizer: Any, model: Any) -> int:
+    """The smaller of the tokenizer's limit and the model's position embeddings."""
+    limits = [getattr(tokenizer, "model_max_length", None)]
+    limits.append(getattr(model.config, "max_position_embeddings", None))
+    limits.append(getattr(model.config, "n_positions", None))
+    usable = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(usable) if usable else 512
+
+
+__all__ = ["InferenceOptions", "RecordError", "load_for_inference", "process_sorted", "model_max_length"]
