@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 from . import __version__
 from .commands import env as env_command
+from .commands import generate as generate_command
 from .commands import fill_mask as fill_mask_command
 from .commands import models as models_command
 from .commands import tokenize as tokenize_command
@@ -57,7 +58,7 @@ def _register(module) -> None:
     app.command(name=module.NAME, help=module.HELP)(typer_command(module.CONFIG, module.run))
 
 
-for _module in (fill_mask_command, env_command, models_command, tokenize_command):
+for _module in (fill_mask_command, generate_command, env_command, models_command, tokenize_command):
     _register(_module)
 
 
