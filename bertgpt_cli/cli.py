@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
 from . import __version__
+from .commands import classify as classify_command
 from .commands import env as env_command
 from .commands import generate as generate_command
 from .commands import fill_mask as fill_mask_command
@@ -58,7 +59,7 @@ def _register(module) -> None:
     app.command(name=module.NAME, help=module.HELP)(typer_command(module.CONFIG, module.run))
 
 
-for _module in (fill_mask_command, generate_command, env_command, models_command, tokenize_command):
+for _module in (fill_mask_command, generate_command, classify_command, env_command, models_command, tokenize_command):
     _register(_module)
 
 

@@ -157,3 +157,34 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _tiny_classifier(folder: Path, tokenizer_dir: Path, labels: list[str], multi_label: bool) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        initializer_range=0.5,  # large weights: texts get clearly different logits
+    )
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    return _tiny_classifier(folder, tiny_bert_dir, ["negative", "neutral", "positive"], multi_label=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-multilabel")
+    return _tiny_classifier(folder, tiny_bert_dir, ["action", "comedy", "drama"], multi_label=True)

@@ -1,0 +1,102 @@
+"""`bgcli classify`: run a sequence-classification model (a finetune run dir or a Hub id);
+same labels and scores as `pipeline("text-classification")`, in length-sorted batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..console import warn
+from ..errors import UsageError
+from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
+from ..options import InputOptions, ModelOptions, OutputOptions, option
+from ..output import RecordWriter
+from ..records import raise_if_failed, read_input_records, run_stream
+
+NAME = "classify"
+HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id)."
+
+
+@dataclass
+class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
+    model: str | None = option(None, "Classifier: a finetune run dir or a Hub id (required).", short="-m",
+                               panel="Model")
+    all_scores: bool = option(False, "Add every label's probability as \"scores\".", panel="Classify")
+    threshold: float = option(0.5, "Multi-label models: labels whose probability reaches this.",
+                              panel="Classify")
+
+
+CONFIG = ClassifyConfig
+
+
+def run(config: ClassifyConfig) -> None:
+    if not config.model:
+        raise UsageError("pass the classifier with --model/-m: a `bgcli finetune` run dir or a Hub id")
+    records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
+    from transformers import AutoModelForSequenceClassification
+
+    model, tokenizer = load_for_inference(
+        config, config, AutoModelForSequenceClassification, "text classification", check=require_classifier
+    )
+    classifier = Classifier(model, tokenizer, config)
+    writer = RecordWriter(config.format, text_key="label", columns=None)
+    try:
+        ok, failed = run_stream(records, classifier.classify, writer.write, config.batch_size * 8, writer.flush)
+    finally:
+        writer.close()
+    raise_if_failed(ok, failed)
+
+
+def require_classifier(resolved, config) -> None:
+    """A bare encoder (minilm, bert-base-uncased) would get a random head: refuse it."""
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UsageError(
+            f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
+            "classification head; fine-tune one first (`bgcli finetune`) or pass a classifier"
+        )
+
+
+class Classifier:
+    def __init__(self, model, tokenizer, config: ClassifyConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.limit = model_max_length(tokenizer, model)
+        model_config = model.config
+        self.id2label = {int(k): v for k, v in model_config.id2label.items()}
+        # As the pipeline: sigmoid for multi-label or a single logit, softmax otherwise.
+        self.multi_label = model_config.problem_type == "multi_label_classification"
+        self.sigmoid = self.multi_label or model_config.num_labels == 1
+        self.warned = False
+
+    def classify(self, records) -> list:
+        encoded = self.tokenizer([r.text for r in records], truncation=False)["input_ids"]
+        if any(len(ids) > self.limit for ids in encoded) and not self.warned:
+            warn(f"texts longer than {self.limit} tokens are truncated")
+            self.warned = True
+        lengths = [min(len(ids), self.limit) for ids in encoded]
+
+        def run_batch(batch: list[int]) -> list:
+            return self._classify_texts([records[i].text for i in batch])
+
+        return process_sorted(records, lengths, self.config.batch_size, run_batch)
+
+    def _classify_texts(self, texts: list[str]) -> list:
+        import torch
+
+        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt")
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float().cpu()
+        probs = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+        return [[self.describe(row)] for row in probs.tolist()]
+
+    def describe(self, probs: list[float]) -> dict:
+        best = max(range(len(probs)), key=probs.__getitem__)
+        record = {"label": self.id2label.get(best, str(best)), "score": probs[best]}
+        if self.multi_label:
+            record["labels"] = [self.id2label.get(i, str(i)) for i, p in enumerate(probs)
+                                if p >= self.config.threshold]
+        if self.config.all_scores:
+            record["scores"] = {self.id2label.get(i, str(i)): p for i, p in enumerate(probs)}
+        return record

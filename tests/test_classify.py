@@ -1,0 +1,68 @@
+"""classify equals pipeline("text-classification"): label, and score to 1e-4."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TEXTS = ["the movie was great", "a terrible film with a boring plot", "what a fun and charming comedy",
+         "dull, long and predictable; i want my money back " * 3, "paris"]
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.mark.parametrize("batch_size", ["1", "3", "32"])
+def test_equals_the_pipeline(cli, tiny_classifier_dir, batch_size):
+    from transformers import pipeline
+
+    reference = pipeline("text-classification", model=str(tiny_classifier_dir))(TEXTS)
+    result = cli(["classify", "-m", str(tiny_classifier_dir), "--batch-size", batch_size, *TEXTS])
+    assert result.code == 0, result.stderr
+    ours = records(result.stdout)
+    assert [r["label"] for r in ours] == [r["label"] for r in reference]
+    for o, r in zip(ours, reference, strict=True):
+        assert o["score"] == pytest.approx(r["score"], abs=1e-4)
+    assert len({r["label"] for r in ours}) > 1  # the fixture really separates texts
+
+
+def test_all_scores_are_probabilities_by_label_name(cli, tiny_classifier_dir):
+    result = cli(["classify", "-m", str(tiny_classifier_dir), "--all-scores", TEXTS[0]])
+    (record,) = records(result.stdout)
+    assert set(record["scores"]) == {"negative", "neutral", "positive"}
+    assert sum(record["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert record["scores"][record["label"]] == record["score"]
+
+
+def test_multi_label_gives_labels_above_threshold(cli, tiny_multilabel_dir):
+    from transformers import pipeline
+
+    reference = pipeline("text-classification", model=str(tiny_multilabel_dir), top_k=None)(TEXTS)
+    result = cli(["classify", "-m", str(tiny_multilabel_dir), "--threshold", "0.5", "--all-scores", *TEXTS])
+    ours = records(result.stdout)
+    for o, r in zip(ours, reference, strict=True):
+        expected = sorted(x["label"] for x in r if x["score"] >= 0.5)
+        assert sorted(o["labels"]) == expected
+        for x in r:
+            assert o["scores"][x["label"]] == pytest.approx(x["score"], abs=1e-4)
+
+
+def test_an_encoder_without_a_classification_head_is_refused(cli, tiny_bert_dir):
+    result = cli(["classify", "-m", str(tiny_bert_dir), "hello"])
+    assert result.code == 2 and "has no trained classification head" in result.stderr
+
+
+def test_model_is_required(cli):
+    result = cli(["classify", "hello"])
+    assert result.code == 2 and "--model" in result.stderr
+
+
+def test_jsonl_pass_through_and_bad_lines(cli, tiny_classifier_dir):
+    data = '{"id": 1, "text": "great"}\n\n{"id": 3, "text": "boring"}\n'
+    result = cli(["classify", "-m", str(tiny_classifier_dir)], input=data)
+    assert result.code == 1
+    ours = records(result.stdout)
+    assert [r.get("id") for r in ours] == [1, None, 3]
+    assert ours[1]["line"] == 2 and "label" in ours[2]
