@@ -7,7 +7,7 @@ import importlib
 
 from .runner import print_table, save
 
-BENCHMARKS = ["startup"]
+BENCHMARKS = ["startup", "inference"]
 
 
 def main() -> None:

@@ -67,12 +67,17 @@ def compare_times(
 
 
 def print_table(results: list[Result]) -> None:
-    header = f"{'benchmark':<34} {'ours':>10} {'baseline':>10} {'unit':>6} {'ratio':>7}  identical  baseline"
+    header = (f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'unit':>6} {'ratio':>7}  identical"
+              f"  {'agree':>6}  {'RSS MB':>11}  baseline")
     print(header)
     print("-" * len(header))
     for r in results:
         same = "-" if r.identical is None else ("yes" if r.identical else "NO")
-        print(f"{r.name:<34} {r.ours:>10} {r.baseline:>10} {r.unit:>6} {r.ratio:>6}x  {same:<9}  {r.baseline_name}")
+        agree = next((v for k, v in r.details.items() if "agreement" in k or "fraction" in k), "")
+        rss = r.details.get("ours_peak_rss_mb")
+        rss_text = f"{rss}/{r.details['baseline_peak_rss_mb']}" if rss else ""
+        print(f"{r.name:<38} {r.ours:>10} {r.baseline:>10} {r.unit:>6} {r.ratio:>6}x  {same:<9}"
+              f"  {agree!s:>6}  {rss_text:>11}  {r.baseline_name}")
 
 
 def save(results: list[Result]) -> None:

@@ -18,3 +18,11 @@ printf '%s\n' \
   '{"id": 2, "text": "The story is predictable and the acting is flat."}' \
   '{"id": 3}' \
   | bgcli tokenize -m minilm --format tsv || echo "(exit $?: record 3 has no text, reported above; the others went through)" >&2
+
+step "bgcli generate -m smollm2 --chat ...   (converted from GGUF once, ~30 s, then ~1 s loads)"
+bgcli generate -m smollm2 --chat --max-new-tokens 40 --format jsonl \
+  "Name a famous French film director." "Recommend a comedy for a family movie night."
+
+step "printf ... | bgcli generate -m smollm2 --stop . --format tsv   (batched, stop string cut)"
+printf '%s\n' "The best thing about this movie is" "The worst thing about this movie is" \
+  | bgcli generate -m smollm2 --max-new-tokens 30 --stop . --format tsv
