@@ -12,7 +12,9 @@ BENCHMARKS = ["startup", "inference"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=BENCHMARKS + [[]], help="benchmarks to run (default: all)")
+    parser.add_argument(
+        "names", nargs="*", choices=BENCHMARKS + [[]], help="benchmarks to run (default: all)"
+    )
     names = parser.parse_args().names or BENCHMARKS
     results = []
     for name in names:

@@ -49,7 +49,10 @@ def minilm_with_head(kind: str) -> Path:
         model = AutoModelForMaskedLM.from_pretrained(source)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
+            source,
+            num_labels=2,
+            id2label={0: "negative", 1: "positive"},
+            label2id={"negative": 0, "positive": 1},
         )
     tokenizer = AutoTokenizer.from_pretrained(source)
 

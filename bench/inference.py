@@ -8,7 +8,7 @@ the CLI against a plain pipeline script (start-up and model load included).
 
 from __future__ import annotations
 
-import os
+import os  # noqa: F401
 import statistics
 import subprocess
 import sys
@@ -45,25 +45,37 @@ def alternate(runs: dict, items: int, repeats: int) -> dict:
 
 
 def row(name, ours, base, unit, identical, baseline_name, **details) -> Result:
-    return Result(name=name, ours=round(ours, 1), baseline=round(base, 1), unit=unit,
-                  ratio=round(ours / base, 2), identical=identical, baseline_name=baseline_name,
-                  details=details)
+    return Result(
+        name=name,
+        ours=round(ours, 1),
+        baseline=round(base, 1),
+        unit=unit,
+        ratio=round(ours / base, 2),
+        identical=identical,
+        baseline_name=baseline_name,
+        details=details,
+    )
 
 
 def run_process(command: list[str], stdin_text: str) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) and stdout of one child process."""
-    with tempfile.TemporaryFile() as out:
+    """Wall seconds, peak RSS (MB) and stdout of one child process.
+
+    RSS comes from GNU time run as the parent: a child forked straight from this (large)
+    process would report our own RSS, as Linux keeps ru_maxrss across exec.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL)
-        proc.stdin.write(stdin_text.encode())
-        proc.stdin.close()
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *command],
+            input=stdin_text.encode(),
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark process failed ({proc.returncode}): {' '.join(command[:3])}")
         out.seek(0)
-        return wall, usage.ru_maxrss / 1024, out.read().decode()
+        return wall, int(rss.read().split()[-1]) / 1024, out.read().decode()
 
 
 def whole_process(name, bgcli_args, baseline_code, texts, unit_items) -> Result:
@@ -76,11 +88,20 @@ def whole_process(name, bgcli_args, baseline_code, texts, unit_items) -> Result:
         base.append(run_process(baseline, stdin))
     ours_wall = statistics.median(w for w, _, _ in ours)
     base_wall = statistics.median(w for w, _, _ in base)
-    return Result(name=name, ours=round(ours_wall, 2), baseline=round(base_wall, 2), unit="s",
-                  ratio=round(base_wall / ours_wall, 2), identical=None,
-                  baseline_name="python script with pipeline(batch_size=32)",
-                  details={"items": unit_items, "ours_peak_rss_mb": round(max(r for _, r, _ in ours)),
-                           "baseline_peak_rss_mb": round(max(r for _, r, _ in base))})
+    return Result(
+        name=name,
+        ours=round(ours_wall, 2),
+        baseline=round(base_wall, 2),
+        unit="s",
+        ratio=round(base_wall / ours_wall, 2),
+        identical=None,
+        baseline_name="python script with pipeline(batch_size=32)",
+        details={
+            "items": unit_items,
+            "ours_peak_rss_mb": round(max(r for _, r, _ in ours)),
+            "baseline_peak_rss_mb": round(max(r for _, r, _ in base)),
+        },
+    )
 
 
 def peak_rss_mb() -> float:
@@ -90,6 +111,7 @@ def peak_rss_mb() -> float:
 
 
 # fill-mask ------------------------------------------------------------------------------
+
 
 def bench_fill_mask() -> list[Result]:
     import torch
@@ -113,24 +135,52 @@ def bench_fill_mask() -> list[Result]:
         return [[p["token"] for p in r] for r in results]
 
     n = len(texts)
-    measured = alternate({
-        "ours": lambda: top_tokens(ours.predict(records, 32)),
-        "pipe32": lambda: pipe_tokens(pipe(texts, batch_size=32)),
-    }, n, REPEATS)
+    measured = alternate(
+        {
+            "ours": lambda: top_tokens(ours.predict(records, 32)),
+            "pipe32": lambda: pipe_tokens(pipe(texts, batch_size=32)),
+        },
+        n,
+        REPEATS,
+    )
     default_rate, default_out = median_rate(lambda: pipe_tokens(pipe(texts)), n, repeats=1)
     ours_rate, ours_out = measured["ours"]
     rows = [
-        row("fill-mask fp32 vs pipeline default", ours_rate, default_rate, "sent/s",
-            ours_out == default_out, "pipeline('fill-mask') batch_size=1", items=n),
-        row("fill-mask fp32 vs pipeline bs=32", ours_rate, measured["pipe32"][0], "sent/s",
-            ours_out == measured["pipe32"][1], "pipeline('fill-mask', batch_size=32)", items=n),
+        row(
+            "fill-mask fp32 vs pipeline default",
+            ours_rate,
+            default_rate,
+            "sent/s",
+            ours_out == default_out,
+            "pipeline('fill-mask') batch_size=1",
+            items=n,
+        ),
+        row(
+            "fill-mask fp32 vs pipeline bs=32",
+            ours_rate,
+            measured["pipe32"][0],
+            "sent/s",
+            ours_out == measured["pipe32"][1],
+            "pipeline('fill-mask', batch_size=32)",
+            items=n,
+        ),
     ]
     model_bf16 = AutoModelForMaskedLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ours_bf16 = MaskPredictor(model_bf16, tokenizer, 5, None)
     bf16_rate, bf16_out = median_rate(lambda: top_tokens(ours_bf16.predict(records, 32)), n)
     agreement = sum(a[0] == b[0] for a, b in zip(bf16_out, ours_out)) / n
-    rows.append(row("fill-mask bf16 vs fp32 (ours)", bf16_rate, ours_rate, "sent/s", agreement == 1.0,
-                    "bgcli fill-mask fp32", top1_agreement=round(agreement, 4), items=n))
+    rows.append(
+        row(
+            "fill-mask bf16 vs fp32 (ours)",
+            bf16_rate,
+            ours_rate,
+            "sent/s",
+            agreement == 1.0,
+            "bgcli fill-mask fp32",
+            top1_agreement=round(agreement, 4),
+            items=n,
+        )
+    )
     code = (
         "import sys\nfrom transformers import pipeline\n"
         f"p = pipeline('fill-mask', model={model_dir!r})\n"
@@ -143,6 +193,7 @@ def bench_fill_mask() -> list[Result]:
 
 
 # classify -------------------------------------------------------------------------------
+
 
 def bench_classify() -> list[Result]:
     import torch
@@ -164,24 +215,52 @@ def bench_classify() -> list[Result]:
         return [r[0]["label"] for r in results]
 
     n = len(texts)
-    measured = alternate({
-        "ours": lambda: labels(ours.classify(records)),
-        "pipe32": lambda: [r["label"] for r in pipe(texts, batch_size=32)],
-    }, n, REPEATS)
+    measured = alternate(
+        {
+            "ours": lambda: labels(ours.classify(records)),
+            "pipe32": lambda: [r["label"] for r in pipe(texts, batch_size=32)],
+        },
+        n,
+        REPEATS,
+    )
     default_rate, default_out = median_rate(lambda: [r["label"] for r in pipe(texts)], n, repeats=1)
     ours_rate, ours_out = measured["ours"]
     rows = [
-        row("classify fp32 vs pipeline default", ours_rate, default_rate, "sent/s", ours_out == default_out,
-            "pipeline('text-classification') batch_size=1", items=n),
-        row("classify fp32 vs pipeline bs=32", ours_rate, measured["pipe32"][0], "sent/s",
-            ours_out == measured["pipe32"][1], "pipeline('text-classification', batch_size=32)", items=n),
+        row(
+            "classify fp32 vs pipeline default",
+            ours_rate,
+            default_rate,
+            "sent/s",
+            ours_out == default_out,
+            "pipeline('text-classification') batch_size=1",
+            items=n,
+        ),
+        row(
+            "classify fp32 vs pipeline bs=32",
+            ours_rate,
+            measured["pipe32"][0],
+            "sent/s",
+            ours_out == measured["pipe32"][1],
+            "pipeline('text-classification', batch_size=32)",
+            items=n,
+        ),
     ]
     model_bf16 = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ours_bf16 = Classifier(model_bf16, tokenizer, config)
     bf16_rate, bf16_out = median_rate(lambda: labels(ours_bf16.classify(records)), n)
     agreement = sum(a == b for a, b in zip(bf16_out, ours_out)) / n
-    rows.append(row("classify bf16 vs fp32 (ours)", bf16_rate, ours_rate, "sent/s", agreement == 1.0,
-                    "bgcli classify fp32", label_agreement=round(agreement, 4), items=n))
+    rows.append(
+        row(
+            "classify bf16 vs fp32 (ours)",
+            bf16_rate,
+            ours_rate,
+            "sent/s",
+            agreement == 1.0,
+            "bgcli classify fp32",
+            label_agreement=round(agreement, 4),
+            items=n,
+        )
+    )
     code = (
         "import sys, json\nfrom transformers import pipeline\n"
         f"p = pipeline('text-classification', model={model_dir!r})\n"
@@ -192,6 +271,7 @@ def bench_classify() -> list[Result]:
 
 
 # generate -------------------------------------------------------------------------------
+
 
 def bench_generate() -> list[Result]:
     import torch
@@ -213,8 +293,9 @@ def bench_generate() -> list[Result]:
     def hand_written():
         batch = tokenizer(prompts, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=GEN_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **batch, max_new_tokens=GEN_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         width = batch["input_ids"].shape[1]
         return [tokenizer.decode(o[width:], skip_special_tokens=True) for o in out]
 
@@ -233,20 +314,48 @@ def bench_generate() -> list[Result]:
     default_rate, default_out = median_rate(pipe_texts, tokens, repeats=1)
     ours_rate, ours_out = measured["ours"]
     rows = [
-        row("generate fp32 vs pipeline default", ours_rate, default_rate, "tok/s", ours_out == default_out,
-            "pipeline('text-generation') batch_size=1", prompts=GEN_PROMPTS, new_tokens=GEN_TOKENS),
-        row("generate fp32 vs pipeline bs=8", ours_rate, bs8_rate, "tok/s", ours_out == bs8_out,
-            "pipeline('text-generation', batch_size=8)"),
-        row("generate fp32 vs batched generate", ours_rate, measured["hand"][0], "tok/s",
+        row(
+            "generate fp32 vs pipeline default",
+            ours_rate,
+            default_rate,
+            "tok/s",
+            ours_out == default_out,
+            "pipeline('text-generation') batch_size=1",
+            prompts=GEN_PROMPTS,
+            new_tokens=GEN_TOKENS,
+        ),
+        row(
+            "generate fp32 vs pipeline bs=8",
+            ours_rate,
+            bs8_rate,
+            "tok/s",
+            ours_out == bs8_out,
+            "pipeline('text-generation', batch_size=8)",
+        ),
+        row(
+            "generate fp32 vs batched generate",
+            ours_rate,
+            measured["hand"][0],
+            "tok/s",
             [o.strip() for o in ours_out] == [h.strip() for h in measured["hand"][1]],
-            "hand-written left-padded model.generate, all 16 at once"),
+            "hand-written left-padded model.generate, all 16 at once",
+        ),
     ]
     model_bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ours_bf16 = Generator(model_bf16, tokenizer, config)
     bf16_rate, bf16_out = median_rate(lambda: ours_texts(ours_bf16), tokens)
     agreement = sum(a == b for a, b in zip(bf16_out, ours_out)) / len(prompts)
-    rows.append(row("generate bf16 vs fp32 (ours)", bf16_rate, ours_rate, "tok/s", agreement == 1.0,
-                    "bgcli generate fp32", identical_text_fraction=round(agreement, 4)))
+    rows.append(
+        row(
+            "generate bf16 vs fp32 (ours)",
+            bf16_rate,
+            ours_rate,
+            "tok/s",
+            agreement == 1.0,
+            "bgcli generate fp32",
+            identical_text_fraction=round(agreement, 4),
+        )
+    )
     code = (
         "import sys, json\nfrom transformers import pipeline\n"
         f"p = pipeline('text-generation', model={model_dir!r})\n"
@@ -255,8 +364,15 @@ def bench_generate() -> list[Result]:
         " return_full_text=False)\n"
         "for r in out: print(json.dumps(r))\n"
     )
-    rows.append(whole_process("generate whole process", ["generate", "-m", model_dir,
-                              "--max-new-tokens", str(GEN_TOKENS)], code, prompts, GEN_PROMPTS))
+    rows.append(
+        whole_process(
+            "generate whole process",
+            ["generate", "-m", model_dir, "--max-new-tokens", str(GEN_TOKENS)],
+            code,
+            prompts,
+            GEN_PROMPTS,
+        )
+    )
     rows[-1].baseline_name = "python script with pipeline(batch_size=8)"
     return rows
 

@@ -61,14 +61,19 @@ def compare_times(
         ratio=round(base_median / ours_median, 2),
         identical=identical,
         baseline_name=baseline_name,
-        details={"repeats": repeats, "ours_all": [round(t, 4) for t in ours_times],
-                 "baseline_all": [round(t, 4) for t in base_times]},
+        details={
+            "repeats": repeats,
+            "ours_all": [round(t, 4) for t in ours_times],
+            "baseline_all": [round(t, 4) for t in base_times],
+        },
     )
 
 
 def print_table(results: list[Result]) -> None:
-    header = (f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'unit':>6} {'ratio':>7}  identical"
-              f"  {'agree':>6}  {'RSS MB':>11}  baseline")
+    header = (
+        f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'unit':>6} {'ratio':>7}  identical"
+        f"  {'agree':>6}  {'RSS MB':>11}  baseline"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -76,8 +81,10 @@ def print_table(results: list[Result]) -> None:
         agree = next((v for k, v in r.details.items() if "agreement" in k or "fraction" in k), "")
         rss = r.details.get("ours_peak_rss_mb")
         rss_text = f"{rss}/{r.details['baseline_peak_rss_mb']}" if rss else ""
-        print(f"{r.name:<38} {r.ours:>10} {r.baseline:>10} {r.unit:>6} {r.ratio:>6}x  {same:<9}"
-              f"  {agree!s:>6}  {rss_text:>11}  {r.baseline_name}")
+        print(
+            f"{r.name:<38} {r.ours:>10} {r.baseline:>10} {r.unit:>6} {r.ratio:>6}x  {same:<9}"
+            f"  {agree!s:>6}  {rss_text:>11}  {r.baseline_name}"
+        )
 
 
 def save(results: list[Result]) -> None:

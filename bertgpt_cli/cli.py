@@ -59,7 +59,14 @@ def _register(module) -> None:
     app.command(name=module.NAME, help=module.HELP)(typer_command(module.CONFIG, module.run))
 
 
-for _module in (fill_mask_command, generate_command, classify_command, env_command, models_command, tokenize_command):
+for _module in (
+    fill_mask_command,
+    generate_command,
+    classify_command,
+    env_command,
+    models_command,
+    tokenize_command,
+):
     _register(_module)
 
 

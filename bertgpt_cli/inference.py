@@ -66,8 +66,14 @@ def pick_dtype(precision: str, device):
     return torch.float32
 
 
-def load_for_inference(model_options: ModelOptions, speed: InferenceOptions, auto_class: Any, task: str,
-                       check: Callable[[Any, Any], None] | None = None, tokenizer_kwargs: dict | None = None):
+def load_for_inference(
+    model_options: ModelOptions,
+    speed: InferenceOptions,
+    auto_class: Any,
+    task: str,
+    check: Callable[[Any, Any], None] | None = None,
+    tokenizer_kwargs: dict | None = None,
+):
     """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device."""
     import torch
 

@@ -166,9 +166,15 @@ def _tiny_classifier(folder: Path, tokenizer_dir: Path, labels: list[str], multi
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
         initializer_range=0.5,  # large weights: texts get clearly different logits
     )

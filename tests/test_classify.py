@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-TEXTS = ["the movie was great", "a terrible film with a boring plot", "what a fun and charming comedy",
-         "dull, long and predictable; i want my money back " * 3, "paris"]
+TEXTS = [
+    "the movie was great",
+    "a terrible film with a boring plot",
+    "what a fun and charming comedy",
+    "dull, long and predictable; i want my money back " * 3,
+    "paris",
+]
 
 
 def records(stdout: str) -> list[dict]:

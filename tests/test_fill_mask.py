@@ -51,7 +51,9 @@ def test_equals_the_pipeline(cli, tiny_bert_dir, reference, batch_size):
 
 def test_top_k_and_targets_equal_the_pipeline(cli, tiny_bert_dir, reference):
     targets = ["great", "film", "the", "movie"]
-    result = cli(["fill-mask", "-m", str(tiny_bert_dir), "--top-k", "3", "--targets", ",".join(targets), TEXTS[0]])
+    result = cli(
+        ["fill-mask", "-m", str(tiny_bert_dir), "--top-k", "3", "--targets", ",".join(targets), TEXTS[0]]
+    )
     assert result.code == 0, result.stderr
     (record,) = records(result.stdout)
     assert_same_predictions(record["predictions"], reference(TEXTS[0], top_k=3, targets=targets))
@@ -95,3 +97,24 @@ def test_a_causal_lm_cannot_fill_masks(cli, tiny_gpt2_dir):
     result = cli(["fill-mask", "-m", str(tiny_gpt2_dir), "the [MASK]"])
     assert result.code == 2
     assert result.stderr.strip().count("\n") == 0 and "cannot do fill-mask" in result.stderr
+
+
+def test_bf16_runs_and_mostly_agrees(cli, tiny_bert_dir):
+    fp32 = records(cli(["fill-mask", "-m", str(tiny_bert_dir), *TEXTS[:3]]).stdout)
+    bf16 = cli(["fill-mask", "-m", str(tiny_bert_dir), "--precision", "bf16", *TEXTS[:3]])
+    assert bf16.code == 0 and "bfloat16" in bf16.stderr
+    assert [len(r["predictions"]) for r in records(bf16.stdout)] == [len(r["predictions"]) for r in fp32]
+
+
+def test_fp16_on_cpu_warns(cli, tiny_bert_dir):
+    result = cli(["fill-mask", "-m", str(tiny_bert_dir), "--precision", "fp16", "--device", "cpu", TEXTS[2]])
+    assert "fp16 on a CPU is ~100x slower" in result.stderr
+
+
+def test_unavailable_device_is_a_usage_error(cli, tiny_bert_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = cli(["fill-mask", "-m", str(tiny_bert_dir), "--device", "cuda", TEXTS[2]])
+    assert result.code == 2 and "no CUDA GPU is visible" in result.stderr

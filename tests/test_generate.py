@@ -7,7 +7,12 @@ import shutil
 
 import pytest
 
-PROMPTS = ["the movie was", "a terrible film with a boring plot and", "paris", "i loved the music but the story"]
+PROMPTS = [
+    "the movie was",
+    "a terrible film with a boring plot and",
+    "paris",
+    "i loved the music but the story",
+]
 
 
 def records(stdout: str) -> list[dict]:
@@ -23,17 +28,19 @@ def generate_alone(model_dir, prompts, max_new_tokens):
     texts = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.eos_token_id)
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
         full = tokenizer.decode(out[0], skip_special_tokens=True)
-        texts.append(full[len(tokenizer.decode(ids["input_ids"][0], skip_special_tokens=True)):])
+        texts.append(full[len(tokenizer.decode(ids["input_ids"][0], skip_special_tokens=True)) :])
     return texts
 
 
 @pytest.mark.parametrize("batch_size", ["1", "3", "16"])
 def test_batched_greedy_equals_each_prompt_alone(cli, tiny_gpt2_dir, batch_size):
-    result = cli(["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", "--batch-size", batch_size,
-                  *PROMPTS])
+    result = cli(
+        ["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", "--batch-size", batch_size, *PROMPTS]
+    )
     assert result.code == 0, result.stderr
     ours = records(result.stdout)
     assert [r["prompt"] for r in ours] == PROMPTS  # input order
@@ -43,8 +50,11 @@ def test_batched_greedy_equals_each_prompt_alone(cli, tiny_gpt2_dir, batch_size)
 
 def test_finish_reason_eos(cli, tiny_gpt2_dir, tmp_path):
     """Make the token greedy decoding picks first the end-of-text token: it stops there."""
-    first = records(cli(["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "1", "--format", "jsonl",
-                         PROMPTS[0]]).stdout)[0]
+    first = records(
+        cli(
+            ["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "1", "--format", "jsonl", PROMPTS[0]]
+        ).stdout
+    )[0]
     from transformers import AutoTokenizer
 
     first_id = AutoTokenizer.from_pretrained(tiny_gpt2_dir)(first["completion"])["input_ids"][0]
@@ -60,18 +70,33 @@ def test_finish_reason_eos(cli, tiny_gpt2_dir, tmp_path):
 
 
 def test_stop_string_is_cut(cli, tiny_gpt2_dir):
-    (plain,) = records(cli(["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", PROMPTS[1]]).stdout)
+    (plain,) = records(
+        cli(["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", PROMPTS[1]]).stdout
+    )
     stop = plain["completion"][4:7]
     assert stop.strip()
-    (cut,) = records(cli(["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", "--stop", stop,
-                          PROMPTS[1]]).stdout)
+    (cut,) = records(
+        cli(
+            ["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", "--stop", stop, PROMPTS[1]]
+        ).stdout
+    )
     assert cut["finish_reason"] == "stop"
     assert cut["completion"] == plain["completion"][: plain["completion"].find(stop)]
 
 
 def test_sampling_with_a_seed_is_repeatable(cli, tiny_gpt2_dir):
-    args = ["generate", "-m", str(tiny_gpt2_dir), "--sample", "--temperature", "1.5", "--max-new-tokens", "10",
-            "--num-return-sequences", "3"]
+    args = [
+        "generate",
+        "-m",
+        str(tiny_gpt2_dir),
+        "--sample",
+        "--temperature",
+        "1.5",
+        "--max-new-tokens",
+        "10",
+        "--num-return-sequences",
+        "3",
+    ]
     first = records(cli([*args, "--seed", "1", *PROMPTS[:2]]).stdout)
     again = records(cli([*args, "--seed", "1", *PROMPTS[:2]]).stdout)
     other = records(cli([*args, "--seed", "2", *PROMPTS[:2]]).stdout)
@@ -107,6 +132,19 @@ def test_smollm2_batched_equals_alone_and_chat_works(cli):
     assert result.code == 0, result.stderr
     ours = [r["completion"] for r in records(result.stdout)]
     assert ours == generate_alone(BUILTIN_MODELS["smollm2"].model_dir(), prompts, 16)
-    chat = records(cli(["generate", "-m", "smollm2", "--chat", "--system", "Answer in one word.",
-                        "--max-new-tokens", "8", "What is the capital of France?"]).stdout)[0]
+    chat = records(
+        cli(
+            [
+                "generate",
+                "-m",
+                "smollm2",
+                "--chat",
+                "--system",
+                "Answer in one word.",
+                "--max-new-tokens",
+                "8",
+                "What is the capital of France?",
+            ]
+        ).stdout
+    )[0]
     assert "Paris" in chat["completion"]

@@ -18,11 +18,13 @@ HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir
 
 @dataclass
 class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
-    model: str | None = option(None, "Classifier: a finetune run dir or a Hub id (required).", short="-m",
-                               panel="Model")
-    all_scores: bool = option(False, "Add every label's probability as \"scores\".", panel="Classify")
-    threshold: float = option(0.5, "Multi-label models: labels whose probability reaches this.",
-                              panel="Classify")
+    model: str | None = option(
+        None, "Classifier: a finetune run dir or a Hub id (required).", short="-m", panel="Model"
+    )
+    all_scores: bool = option(False, 'Add every label\'s probability as "scores".', panel="Classify")
+    threshold: float = option(
+        0.5, "Multi-label models: labels whose probability reaches this.", panel="Classify"
+    )
 
 
 CONFIG = ClassifyConfig
@@ -40,7 +42,9 @@ def run(config: ClassifyConfig) -> None:
     classifier = Classifier(model, tokenizer, config)
     writer = RecordWriter(config.format, text_key="label", columns=None)
     try:
-        ok, failed = run_stream(records, classifier.classify, writer.write, config.batch_size * 8, writer.flush)
+        ok, failed = run_stream(
+            records, classifier.classify, writer.write, config.batch_size * 8, writer.flush
+        )
     finally:
         writer.close()
     raise_if_failed(ok, failed)
@@ -84,7 +88,9 @@ class Classifier:
     def _classify_texts(self, texts: list[str]) -> list:
         import torch
 
-        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt")
+        inputs = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
+        )
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         with torch.inference_mode():
             logits = self.model(**inputs).logits.float().cpu()
@@ -95,8 +101,9 @@ class Classifier:
         best = max(range(len(probs)), key=probs.__getitem__)
         record = {"label": self.id2label.get(best, str(best)), "score": probs[best]}
         if self.multi_label:
-            record["labels"] = [self.id2label.get(i, str(i)) for i, p in enumerate(probs)
-                                if p >= self.config.threshold]
+            record["labels"] = [
+                self.id2label.get(i, str(i)) for i, p in enumerate(probs) if p >= self.config.threshold
+            ]
         if self.config.all_scores:
             record["scores"] = {self.id2label.get(i, str(i)): p for i, p in enumerate(probs)}
         return record

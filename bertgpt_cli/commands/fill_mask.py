@@ -55,7 +55,11 @@ def run(config: FillMaskConfig) -> None:
     window = config.batch_size * 8
     try:
         ok, failed = run_stream(
-            records, lambda batch: predictor.predict(batch, config.batch_size), writer.write, window, writer.flush
+            records,
+            lambda batch: predictor.predict(batch, config.batch_size),
+            writer.write,
+            window,
+            writer.flush,
         )
     finally:
         writer.close()
@@ -117,7 +121,9 @@ class MaskPredictor:
 
         results = list(checked)
         if good:
-            ordered = process_sorted([records[i] for i in good], [lengths[i] for i in good], batch_size, run_batch)
+            ordered = process_sorted(
+                [records[i] for i in good], [lengths[i] for i in good], batch_size, run_batch
+            )
             for i, result in zip(good, ordered, strict=True):
                 results[i] = result
         return results
@@ -125,7 +131,9 @@ class MaskPredictor:
     def check(self, ids: list[int]):
         mask_id = self.tokenizer.mask_token_id
         if mask_id not in ids:
-            return RecordError(f"no mask token: put {GENERIC_MASK} (or {self.tokenizer.mask_token}) where a word is missing")
+            return RecordError(
+                f"no mask token: put {GENERIC_MASK} (or {self.tokenizer.mask_token}) where a word is missing"
+            )
         if len(ids) <= self.max_length:
             return ids
         kept = ids[: self.max_length - 1] + ids[-1:]  # keep the closing special token
@@ -181,12 +189,14 @@ class MaskPredictor:
             for score, token in zip(scores, token_ids, strict=True):
                 filled = list(ids)
                 filled[position] = token
-                row.append({
-                    "token_str": tokenizer.decode([token]),
-                    "token": token,
-                    "score": score,
-                    "sequence": tokenizer.decode(filled, skip_special_tokens=single),
-                })
+                row.append(
+                    {
+                        "token_str": tokenizer.decode([token]),
+                        "token": token,
+                        "score": score,
+                        "sequence": tokenizer.decode(filled, skip_special_tokens=single),
+                    }
+                )
             out.append(row)
         return out[0] if single else out
 

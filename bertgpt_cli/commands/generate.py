@@ -19,8 +19,9 @@ PANEL = "Generation"
 
 @dataclass
 class GenerateConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
-    model: str = option("gpt2", "Causal LM: local dir, Hub id, or alias (smollm2 works offline).",
-                        short="-m", panel="Model")
+    model: str = option(
+        "gpt2", "Causal LM: local dir, Hub id, or alias (smollm2 works offline).", short="-m", panel="Model"
+    )
     batch_size: int = option(16, "Prompts generated together (left-padded).", panel="Speed")
     max_new_tokens: int = option(50, "Most tokens to generate per prompt.", panel=PANEL)
     min_new_tokens: int = option(0, "Fewest tokens before end-of-text is allowed.", panel=PANEL)
@@ -31,13 +32,16 @@ class GenerateConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions
     repetition_penalty: float = option(1.0, "Penalty > 1 discourages repeating tokens.", panel=PANEL)
     no_repeat_ngram_size: int = option(0, "Never repeat an n-gram of this size (0 = off).", panel=PANEL)
     num_beams: int = option(1, "Beam search width (1 = no beam search).", panel=PANEL)
-    num_return_sequences: int = option(1, "Completions per prompt (records carry sequence_index).",
-                                       panel=PANEL)
+    num_return_sequences: int = option(
+        1, "Completions per prompt (records carry sequence_index).", panel=PANEL
+    )
     seed: int | None = option(None, "Random seed: same seed, same inputs, same text.", panel=PANEL)
-    stop: list[str] = option([], "Stop at this string (repeatable); it is cut from the completion.",
-                             panel=PANEL)
-    chat: bool = option(False, "Wrap each prompt in the model's chat template (instruct models).",
-                        panel=PANEL)
+    stop: list[str] = option(
+        [], "Stop at this string (repeatable); it is cut from the completion.", panel=PANEL
+    )
+    chat: bool = option(
+        False, "Wrap each prompt in the model's chat template (instruct models).", panel=PANEL
+    )
     system: str | None = option(None, "System message for --chat.", panel=PANEL)
 
 
@@ -50,7 +54,11 @@ def run(config: GenerateConfig) -> None:
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = load_for_inference(
-        config, config, AutoModelForCausalLM, "text generation", check=require_causal_lm,
+        config,
+        config,
+        AutoModelForCausalLM,
+        "text generation",
+        check=require_causal_lm,
         tokenizer_kwargs={"padding_side": "left"},
     )
     generator = Generator(model, tokenizer, config)
@@ -58,15 +66,23 @@ def run(config: GenerateConfig) -> None:
         from transformers import set_seed
 
         set_seed(config.seed)
-    writer = RecordWriter(config.format, text_key="completion",
-                          columns=["prompt", "completion", "generated_tokens", "finish_reason"])
+    writer = RecordWriter(
+        config.format,
+        text_key="completion",
+        columns=["prompt", "completion", "generated_tokens", "finish_reason"],
+    )
     items = list(config.texts) if config.texts else None
     if items is not None and len(items) == 1 and should_stream(config):
         generator.stream(items[0])
         return
     try:
-        ok, failed = run_stream(records, lambda batch: generator.generate(batch), writer.write,
-                                config.batch_size * 4, writer.flush)
+        ok, failed = run_stream(
+            records,
+            lambda batch: generator.generate(batch),
+            writer.write,
+            config.batch_size * 4,
+            writer.flush,
+        )
     finally:
         writer.close()
     raise_if_failed(ok, failed)
@@ -75,7 +91,11 @@ def run(config: GenerateConfig) -> None:
 def validate(config: GenerateConfig) -> None:
     if config.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
-    if config.num_return_sequences > 1 and not config.sample and config.num_beams < config.num_return_sequences:
+    if (
+        config.num_return_sequences > 1
+        and not config.sample
+        and config.num_beams < config.num_return_sequences
+    ):
         raise UsageError("--num-return-sequences > 1 needs --sample or --num-beams >= that number")
     if config.system and not config.chat:
         raise UsageError("--system needs --chat")
@@ -157,13 +177,17 @@ class Generator:
         ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.config.chat)["input_ids"]
         room = self.limit - self.config.max_new_tokens
         if room < 1:
-            raise UsageError(f"--max-new-tokens {self.config.max_new_tokens} does not fit the "
-                             f"model's {self.limit}-token window")
+            raise UsageError(
+                f"--max-new-tokens {self.config.max_new_tokens} does not fit the "
+                f"model's {self.limit}-token window"
+            )
         if len(ids) > room:
             from ..console import warn
 
-            warn(f"a prompt is longer than {room} tokens (window {self.limit} minus --max-new-tokens); "
-                 "keeping its last tokens")
+            warn(
+                f"a prompt is longer than {room} tokens (window {self.limit} minus --max-new-tokens); "
+                "keeping its last tokens"
+            )
             ids = ids[-room:]
         return ids
 
@@ -184,14 +208,16 @@ class Generator:
         input_ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         for row, ids in enumerate(batch_ids):  # left padding
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
         device = self.model.device
         kwargs = {"tokenizer": self.tokenizer} if self.config.stop else {}
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                generation_config=self.generation_config, **kwargs,
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=self.generation_config,
+                **kwargs,
             )
         new_tokens = output[:, width:].cpu().tolist()
         n = self.config.num_return_sequences
@@ -216,8 +242,12 @@ class Generator:
         cut = min((completion.find(s) for s in self.config.stop if s in completion), default=-1)
         if cut >= 0:
             completion, finish = completion[:cut], "stop"
-        return {"prompt": prompt, "completion": completion, "generated_tokens": len(new_ids),
-                "finish_reason": finish}
+        return {
+            "prompt": prompt,
+            "completion": completion,
+            "generated_tokens": len(new_ids),
+            "finish_reason": finish,
+        }
 
     def decode_completion(self, prompt_ids: list[int], new_ids: list[int]) -> str:
         """Decode prompt + completion together, then drop the prompt: decoding the new tokens
@@ -225,7 +255,7 @@ class Generator:
         decode = self.tokenizer.decode
         full = decode(prompt_ids + new_ids, skip_special_tokens=True)
         prefix = decode(prompt_ids, skip_special_tokens=True)
-        return full[len(prefix):] if full.startswith(prefix) else decode(new_ids, skip_special_tokens=True)
+        return full[len(prefix) :] if full.startswith(prefix) else decode(new_ids, skip_special_tokens=True)
 
     def stream(self, prompt: str) -> None:
         import torch
@@ -236,9 +266,13 @@ class Generator:
         ids = torch.tensor([self.encode(prompt)], device=self.model.device)
         streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         with torch.inference_mode():
-            output = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         generation_config=self.generation_config, streamer=streamer)
-        new_ids = output[0, ids.shape[1]:].tolist()
+            output = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=self.generation_config,
+                streamer=streamer,
+            )
+        new_ids = output[0, ids.shape[1] :].tolist()
         record = self.describe(ids[0].tolist(), new_ids, prompt)
         info(f"[{record['generated_tokens']} tokens, finish: {record['finish_reason']}]")
 
