@@ -168,7 +168,7 @@ def bench_fill_mask() -> list[Result]:
     model_bf16 = AutoModelForMaskedLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ours_bf16 = MaskPredictor(model_bf16, tokenizer, 5, None)
     bf16_rate, bf16_out = median_rate(lambda: top_tokens(ours_bf16.predict(records, 32)), n)
-    agreement = sum(a[0] == b[0] for a, b in zip(bf16_out, ours_out)) / n
+    agreement = sum(a[0] == b[0] for a, b in zip(bf16_out, ours_out, strict=True)) / n
     rows.append(
         row(
             "fill-mask bf16 vs fp32 (ours)",
@@ -199,7 +199,7 @@ def bench_classify() -> list[Result]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from bertgpt_cli.commands.classify import ClassifyConfig, Classifier
+    from bertgpt_cli.commands.classify import Classifier, ClassifyConfig
     from bertgpt_cli.records import InputRecord
 
     model_dir = str(minilm_with_head("cls"))
@@ -248,7 +248,7 @@ def bench_classify() -> list[Result]:
     model_bf16 = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ours_bf16 = Classifier(model_bf16, tokenizer, config)
     bf16_rate, bf16_out = median_rate(lambda: labels(ours_bf16.classify(records)), n)
-    agreement = sum(a == b for a, b in zip(bf16_out, ours_out)) / n
+    agreement = sum(a == b for a, b in zip(bf16_out, ours_out, strict=True)) / n
     rows.append(
         row(
             "classify bf16 vs fp32 (ours)",
@@ -344,7 +344,7 @@ def bench_generate() -> list[Result]:
     model_bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     ours_bf16 = Generator(model_bf16, tokenizer, config)
     bf16_rate, bf16_out = median_rate(lambda: ours_texts(ours_bf16), tokens)
-    agreement = sum(a == b for a, b in zip(bf16_out, ours_out)) / len(prompts)
+    agreement = sum(a == b for a, b in zip(bf16_out, ours_out, strict=True)) / len(prompts)
     rows.append(
         row(
             "generate bf16 vs fp32 (ours)",
@@ -360,7 +360,8 @@ def bench_generate() -> list[Result]:
         "import sys, json\nfrom transformers import pipeline\n"
         f"p = pipeline('text-generation', model={model_dir!r})\n"
         "p.tokenizer.padding_side = 'left'\n"
-        f"out = p(sys.stdin.read().split('\\n')[:-1], batch_size=8, max_new_tokens={GEN_TOKENS}, do_sample=False,"
+        "prompts = sys.stdin.read().split('\\n')[:-1]\n"
+        f"out = p(prompts, batch_size=8, max_new_tokens={GEN_TOKENS}, do_sample=False,"
         " return_full_text=False)\n"
         "for r in out: print(json.dumps(r))\n"
     )

@@ -19,8 +19,8 @@ except ImportError:  # pragma: no cover - older typer on top of click
 from . import __version__
 from .commands import classify as classify_command
 from .commands import env as env_command
-from .commands import generate as generate_command
 from .commands import fill_mask as fill_mask_command
+from .commands import generate as generate_command
 from .commands import models as models_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
