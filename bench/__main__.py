@@ -1,23 +1,46 @@
-"""`python -m bench [NAME...]`: run benchmarks, print the table, update bench/results.json."""
+"""`python -m bench [NAME...]`: run benchmarks, print the table, update bench/results.json.
+
+`python -m bench --markdown` prints bench/results.json as the README's table.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 
-from .runner import print_table, save
+from .runner import RESULTS, print_table, save
 
 BENCHMARKS = ["startup", "inference"]
 
 
+def markdown() -> str:
+    lines = ["| benchmark | bgcli | baseline | unit | ratio | identical | agree | RSS MB | baseline is |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in json.loads(RESULTS.read_text()):
+        details = r.get("details", {})
+        agree = next((v for k, v in details.items() if "agreement" in k or "fraction" in k), "")
+        rss = details.get("ours_peak_rss_mb")
+        rss_text = f"{rss} / {details['baseline_peak_rss_mb']}" if rss else ""
+        same = "" if r["identical"] is None else ("yes" if r["identical"] else "no")
+        lines.append(f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio']}x | {same} "
+                     f"| {agree} | {rss_text} | {r['baseline_name']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "names", nargs="*", choices=BENCHMARKS + [[]], help="benchmarks to run (default: all)"
-    )
-    names = parser.parse_args().names or BENCHMARKS
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--markdown", action="store_true", help="print results.json as a Markdown table")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown())
+        return
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     results = []
-    for name in names:
+    for name in args.names or BENCHMARKS:
         results.extend(importlib.import_module(f"bench.{name}").run())
     print_table(results)
     save(results)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .console import info, warn
 from .errors import UsageError
-from .model_resolution import load_model, load_tokenizer, resolve_model
+from .model_resolution import load_model, load_tokenizer, resolve_model_options
 from .options import ModelOptions, option
 from .records import InputRecord, RecordError
 
@@ -79,12 +79,7 @@ def load_for_inference(
 
     from .model_resolution import load_config
 
-    resolved = resolve_model(
-        model_options.model,
-        offline=model_options.offline,
-        revision=model_options.revision,
-        trust_remote_code=model_options.trust_remote_code,
-    )
+    resolved = resolve_model_options(model_options)
     config = load_config(resolved)
     if check is not None:
         check(resolved, config)

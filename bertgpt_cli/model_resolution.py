@@ -70,6 +70,16 @@ def resolve_model(
     return _resolve_hub_id(spec, revision, trust_remote_code)
 
 
+def resolve_model_options(options: Any) -> ResolvedModel:
+    """`resolve_model` with the flags of `options.ModelOptions` (every command has them)."""
+    return resolve_model(
+        options.model,
+        offline=options.offline,
+        revision=options.revision,
+        trust_remote_code=options.trust_remote_code,
+    )
+
+
 def _resolve_hub_id(spec: str, revision: str | None, trust_remote_code: bool) -> ResolvedModel:
     if offline_from_env():
         return ResolvedModel(spec, spec, "hub", True, revision, trust_remote_code)

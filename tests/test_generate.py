@@ -148,3 +148,37 @@ def test_smollm2_batched_equals_alone_and_chat_works(cli):
         ).stdout
     )[0]
     assert "Paris" in chat["completion"]
+
+
+def test_one_prompt_on_a_terminal_streams(tiny_gpt2_dir):
+    """stdout is a terminal: the completion is printed as it is produced (TextStreamer)."""
+    import os
+    import pty
+    import subprocess
+
+    from .conftest import BGCLI, ROOT
+
+    expected = generate_alone(tiny_gpt2_dir, [PROMPTS[0]], 8)[0]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        BGCLI + ["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "8", PROMPTS[0]],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 1024)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    stderr = proc.communicate(timeout=60)[1].decode()
+    os.close(leader)
+    assert proc.returncode == 0
+    text = shown.decode(errors="replace").replace("\r\n", "\n")
+    assert expected.strip() in text and "{" not in text  # the text itself, not a JSON record
+    assert "8 tokens, finish: length" in stderr

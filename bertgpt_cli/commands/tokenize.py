@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..console import warn
-from ..model_resolution import load_tokenizer, resolve_model
+from ..model_resolution import load_tokenizer, resolve_model_options
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
 from ..records import RecordError, raise_if_failed, read_input_records, run_stream
@@ -30,12 +30,7 @@ CONFIG = TokenizeConfig
 
 def run(config: TokenizeConfig) -> None:
     records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
-    resolved = resolve_model(
-        config.model,
-        offline=config.offline,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-    )
+    resolved = resolve_model_options(config)
     tokenizer = load_tokenizer(resolved)
     limit = config.max_length or _model_limit(tokenizer)
     writer = RecordWriter(config.format, text_key="tokens_text", columns=None)
