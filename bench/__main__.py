@@ -15,16 +15,20 @@ BENCHMARKS = ["startup", "inference"]
 
 
 def markdown() -> str:
-    lines = ["| benchmark | bgcli | baseline | unit | ratio | identical | agree | RSS MB | baseline is |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | bgcli | baseline | unit | ratio | identical | agree | RSS MB | baseline is |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in json.loads(RESULTS.read_text()):
         details = r.get("details", {})
         agree = next((v for k, v in details.items() if "agreement" in k or "fraction" in k), "")
         rss = details.get("ours_peak_rss_mb")
         rss_text = f"{rss} / {details['baseline_peak_rss_mb']}" if rss else ""
         same = "" if r["identical"] is None else ("yes" if r["identical"] else "no")
-        lines.append(f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio']}x | {same} "
-                     f"| {agree} | {rss_text} | {r['baseline_name']} |")
+        lines.append(
+            f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio']}x | {same} "
+            f"| {agree} | {rss_text} | {r['baseline_name']} |"
+        )
     return "\n".join(lines)
 
 

@@ -20,8 +20,10 @@ from . import __version__
 from .commands import classify as classify_command
 from .commands import env as env_command
 from .commands import fill_mask as fill_mask_command
+from .commands import finetune as finetune_command
 from .commands import generate as generate_command
 from .commands import models as models_command
+from .commands import recipes as recipes_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
@@ -60,6 +62,7 @@ def _register(module) -> None:
 
 
 for _module in (
+    finetune_command,
     fill_mask_command,
     generate_command,
     classify_command,
@@ -68,6 +71,7 @@ for _module in (
     tokenize_command,
 ):
     _register(_module)
+app.add_typer(recipes_command.APP, name=recipes_command.NAME)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,7 +75,6 @@ def load_for_inference(
     tokenizer_kwargs: dict | None = None,
 ):
     """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device."""
-    import torch
 
     from .model_resolution import load_config
 
@@ -88,7 +87,6 @@ def load_for_inference(
     tokenizer = load_tokenizer(resolved, **(tokenizer_kwargs or {}))
     model = load_model(resolved, auto_class, task, config=config, dtype=dtype)
     model.to(device).eval()
-    torch.set_grad_enabled(False)
     info(f"{task}: {resolved.spec} on {device} ({str(dtype).removeprefix('torch.')})")
     return model, tokenizer
 

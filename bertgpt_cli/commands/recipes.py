@@ -1,0 +1,93 @@
+"""`bgcli recipes list|show|cp`: the ready-made run configs in recipes/."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from ..errors import UsageError
+from ..options import OutputOptions, typer_command
+from ..output import RecordWriter
+from ..recipes import find_recipe, read_recipe, recipe_dirs, recipe_names
+
+NAME = "recipes"
+HELP = "List, show and copy the ready-made fine-tuning recipes."
+
+
+def header_field(path: Path, field: str) -> str:
+    """A `# Field: value` line from the recipe's header comment."""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("# ").strip()
+        if text.lower().startswith(field.lower() + ":"):
+            return text.split(":", 1)[1].strip()
+    return ""
+
+
+def recipe_record(name: str) -> dict:
+    path = find_recipe(name)
+    data = read_recipe(path)
+    return {
+        "name": name,
+        "task": data.get("task", "classification"),
+        "model": data.get("model", ""),
+        "data": data.get("train_data", ""),
+        "measured": header_field(path, "Measured"),
+        "path": str(path),
+    }
+
+
+@dataclass
+class ListConfig(OutputOptions):
+    pass
+
+
+def list_recipes(config: ListConfig) -> None:
+    writer = RecordWriter(
+        config.format,
+        columns=("name", "task", "model", "data", "measured"),
+        text_key="name",
+        title=f"recipes ({', '.join(str(d) for d in recipe_dirs())})",
+    )
+    for name in recipe_names():
+        writer.write(recipe_record(name))
+    writer.close()
+
+
+def show_recipe(name: str) -> None:
+    print(find_recipe(name).read_text(), end="")
+
+
+def copy_recipe(name: str, dest: str, overwrite: bool) -> None:
+    source = find_recipe(name)
+    target = Path(dest)
+    if target.is_dir():
+        target = target / source.name
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite or choose another destination")
+    shutil.copyfile(source, target)
+    print(target)
+
+
+APP = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode="rich")
+APP.command("list", help="Recipes with task, model, data and the result measured with them.")(
+    typer_command(ListConfig, list_recipes)
+)
+
+
+@APP.command("show", help="Print a recipe (its header says how to run it).")
+def _show(name: str = typer.Argument(..., help="Recipe name or path.")) -> None:
+    show_recipe(name)
+
+
+@APP.command("cp", help="Copy a recipe to customise it; run it with --recipe PATH.")
+def _cp(
+    name: str = typer.Argument(..., help="Recipe name."),
+    dest: str = typer.Argument(..., help="Destination file or directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+) -> None:
+    copy_recipe(name, dest, overwrite)

@@ -1,0 +1,91 @@
+"""Recipes: YAML files whose keys are a command config's field names (long flags with
+`-` -> `_`). Flags typed on the command line override them; unknown keys are rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .options import config_fields
+
+# Recipes ship in the repository's recipes/ (beside the package); BGCLI_RECIPES adds a folder.
+PACKAGE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_dirs() -> list[Path]:
+    extra = os.environ.get("BGCLI_RECIPES")
+    return ([Path(extra)] if extra else []) + [PACKAGE_RECIPES]
+
+
+def recipe_names() -> list[str]:
+    names: dict[str, None] = {}
+    for folder in recipe_dirs():
+        names.update(dict.fromkeys(sorted(p.stem for p in folder.glob("*.yaml"))))
+    return list(names)
+
+
+def find_recipe(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    for folder in recipe_dirs():
+        candidate = folder / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    close = difflib.get_close_matches(name_or_path, recipe_names(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(recipe_names())}"
+    raise UsageError(
+        f"recipe '{name_or_path}' not found (a name from `bgcli recipes list` or a .yaml path){hint}"
+    )
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe {path} must be a mapping of keys to values")
+    return data
+
+
+def validate_keys(data: dict[str, Any], config_cls: type, source: str) -> None:
+    """Reject misspelt keys, naming the closest valid one."""
+    valid = [f.name for f in config_fields(config_cls) if f.name not in NON_RECIPE_KEYS]
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+            raise UsageError(f"unknown key '{key}' in {source}; {hint}")
+
+
+# Keys that describe how to run, not what to run: never read from or written to a recipe.
+NON_RECIPE_KEYS = {"recipe", "quiet", "debug", "format", "overwrite", "resume", "texts"}
+
+
+def merge(config_cls: type, values: dict[str, Any], explicit: set[str], recipe: str | None):
+    """defaults < recipe < flags typed on the command line."""
+    merged = dict(values)
+    if recipe:
+        path = find_recipe(recipe)
+        data = read_recipe(path)
+        validate_keys(data, config_cls, str(path))
+        for key, value in data.items():
+            if key not in explicit:
+                merged[key] = value
+    return config_cls(**merged)
+
+
+def recipe_values(config: Any) -> dict[str, Any]:
+    """A config as recipe keys (what `bgcli_config.yaml` holds)."""
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if "kind" in f.metadata and f.name not in NON_RECIPE_KEYS
+    }

@@ -1,0 +1,101 @@
+"""The human side of a run dir: PNG plots and a model card README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_text_atomically
+
+
+def write_report(run_dir: Path, config, metrics: dict[str, Any], history: list[dict]) -> None:
+    plots = plot_curves(run_dir, history)
+    report = metrics.get("test_report")
+    if report:
+        plots.append(plot_confusion(run_dir, report["confusion_matrix"], metrics["run"]["labels"]))
+    write_text_atomically(run_dir / "README.md", model_card(config, metrics, plots))
+
+
+def plot_curves(run_dir: Path, history: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h) for h in history if any(k.startswith("eval_") for k in h)]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot([s for s, _ in evals], [h.get("eval_loss") for _, h in evals], "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    if evals:
+        metric_axis = ax.twinx()
+        key = next((k for k in ("eval_f1_macro", "eval_accuracy") if k in evals[0][1]), None)
+        if key:
+            metric_axis.plot(
+                [s for s, _ in evals], [h[key] for _, h in evals], "s--", color="tab:green", label=key[5:]
+            )
+            metric_axis.set_ylabel(key[5:])
+            metric_axis.legend(loc="center right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=100)
+    plt.close(fig)
+    return ["loss.png"]
+
+
+def plot_confusion(run_dir: Path, matrix: list[list[int]], names: list[str]) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=names).plot(ax=ax, colorbar=False)
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+    return "confusion_matrix.png"
+
+
+def model_card(config, metrics: dict[str, Any], plots: list[str]) -> str:
+    rows = []
+    for split in ("eval", "test"):
+        values = metrics.get(split, {})
+        for name in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
+            key = f"{split}_{name}"
+            if key in values:
+                rows.append(f"| {split} | {name} | {values[key]:.4f} |")
+    run = metrics["run"]
+    eval_source = config.eval_data or f"{config.eval_split:.0%} of train"
+    settings = (
+        f"{config.epochs} epochs, lr {config.lr}, batch {config.batch_size}, max length {config.max_length}, "
+        f"seed {config.seed}, precision {run['precision']}, device {run['device']}, "
+        f"world size {run['world_size']}"
+    )
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "---",
+        f"# {config.task} fine-tune of `{config.model}` (bgcli)",
+        "",
+        f"- train data: `{config.train_data}`; eval: `{eval_source}`; test: `{config.test_data or 'none'}`",
+        f"- labels: {', '.join(run['labels'])}",
+        f"- {settings}",
+        f"- wall time {run['wall_time_s']} s, {run['train_samples_per_second']} train samples/s",
+        "",
+        "| split | metric | value |",
+        "|---|---|---|",
+        *rows,
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "Reproduce: `bgcli finetune --recipe bgcli_config.yaml --output NEW_DIR`. Use: "
+        '`bgcli classify -m THIS_DIR` or `pipeline("text-classification", model=THIS_DIR)`.',
+        "",
+    ]
+    return "\n".join(lines)

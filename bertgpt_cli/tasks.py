@@ -1,0 +1,136 @@
+"""What differs between fine-tuning tasks: labels, tokenization, head, collator, metrics.
+
+Only `classification` exists yet; `mlm` and `clm` plug in here with the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import require_columns
+from .errors import UsageError
+
+
+@dataclass
+class LabelSet:
+    names: list[str]
+    column_is_class_label: bool = False
+    value_to_id: dict[Any, int] = field(default_factory=dict)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+
+def label_set(train, label_column: str, label_names: list[str] | None) -> LabelSet:
+    """Sorted, deterministic labels from the training data; ClassLabel names when present."""
+    feature = train.features[label_column]
+    if hasattr(feature, "names"):  # datasets.ClassLabel, e.g. the built-in reviews
+        names = list(label_names or feature.names)
+        return LabelSet(names, True, {i: i for i in range(len(feature.names))})
+    values = sorted(set(train[label_column]), key=lambda v: (str(type(v)), v))
+    if any(v is None for v in values):
+        raise UsageError(f"the training data has empty labels in column '{label_column}'")
+    if label_names:
+        if len(label_names) != len(values):
+            raise UsageError(
+                f"--label-names has {len(label_names)} names but the training data has "
+                f"{len(values)} labels ({', '.join(map(str, values))})"
+            )
+        names = list(label_names)
+    else:
+        names = [str(v) for v in values]
+    return LabelSet(names, False, {v: i for i, v in enumerate(values)})
+
+
+def encode_labels(dataset, labels: LabelSet, column: str, split: str):
+    if labels.column_is_class_label:
+        return dataset.rename_column(column, "labels") if column != "labels" else dataset
+    unseen = sorted({str(v) for v in set(dataset[column])} - {str(v) for v in labels.value_to_id})
+    if unseen:
+        raise UsageError(
+            f"{split} data has label(s) {', '.join(unseen[:5])} not seen in training "
+            f"({', '.join(labels.names)}); fix the data or train on them too"
+        )
+    mapping = labels.value_to_id
+    return dataset.map(
+        lambda v: {"labels": mapping[v]},
+        input_columns=column,
+        remove_columns=[column] if column != "labels" else [],
+    )
+
+
+class ClassificationTask:
+    name = "classification"
+
+    def __init__(self, config, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.labels: LabelSet | None = None
+
+    def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Labels from train, then tokenize every split (datasets.map, cached)."""
+        c = self.config
+        columns = {c.text_column: "--text-column", c.label_column: "--label-column"}
+        if c.text_pair_column:
+            columns[c.text_pair_column] = "--text-pair-column"
+        require_columns(train, columns, c.train_data)
+        for split, data in others.items():
+            require_columns(data, columns, split)
+        names = [n.strip() for n in c.label_names.split(",")] if c.label_names else None
+        self.labels = label_set(train, c.label_column, names)
+        train = self._tokenize(encode_labels(train, self.labels, c.label_column, "train"))
+        others = {
+            k: self._tokenize(encode_labels(v, self.labels, c.label_column, k)) for k, v in others.items()
+        }
+        return train, others
+
+    def _tokenize(self, dataset):
+        c = self.config
+        text, pair = c.text_column, c.text_pair_column
+
+        def tokenize(batch):
+            args = (batch[text], batch[pair]) if pair else (batch[text],)
+            return self.tokenizer(*args, truncation=True, max_length=c.max_length)
+
+        keep = {"labels"}
+        drop = [col for col in dataset.column_names if col not in keep]
+        return dataset.map(tokenize, batched=True, remove_columns=drop)
+
+    def model(self, resolved):
+        from transformers import AutoModelForSequenceClassification
+
+        from .model_resolution import load_config, load_model
+
+        config = load_config(resolved)
+        config.num_labels = len(self.labels.names)
+        config.id2label, config.label2id = self.labels.id2label, self.labels.label2id
+        config.problem_type = "single_label_classification"
+        return load_model(
+            resolved,
+            AutoModelForSequenceClassification,
+            "sequence classification",
+            config=config,
+            ignore_mismatched_sizes=True,
+        )
+
+    def collator(self):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def class_weights(self, train) -> list[float]:
+        """Inverse frequency, normalised to mean 1."""
+        counts = [0] * len(self.labels.names)
+        for label in train["labels"]:
+            counts[label] += 1
+        weights = [len(train) / (len(counts) * max(n, 1)) for n in counts]
+        return weights
+
+
+TASKS = {"classification": ClassificationTask}

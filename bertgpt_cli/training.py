@@ -1,0 +1,332 @@
+"""The fine-tuning run: data -> task -> Trainer -> run dir (model, config, metrics, report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_text_atomically
+from .console import VERBOSITY, info
+from .data import load_data
+from .errors import UsageError
+from .model_resolution import load_tokenizer, resolve_model_options
+from .recipes import recipe_values
+from .tasks import TASKS
+
+
+def train(config, run_dir: Path) -> dict[str, Any]:
+    from transformers import set_seed
+
+    started = time.time()
+    set_seed(config.seed)
+    resolved = resolve_model_options(config)
+    tokenizer = load_tokenizer(resolved)
+    task = TASKS[config.task](config, tokenizer)
+    train_set, eval_set, test_set = load_splits(config, task)
+    model = task.model(resolved)
+    trainer = build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir)
+    checkpoint = resume_checkpoint(config.resume, run_dir)
+    if trainer.is_world_process_zero():
+        write_config(config, run_dir)  # first: an interrupted run can be resumed from it
+    info(f"training on {len(train_set)} examples, evaluating on {len(eval_set) if eval_set else 0}")
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        save_interrupted(trainer, run_dir)
+        raise
+    metrics = collect_metrics(config, trainer, result, eval_set, test_set, task, started)
+    save_run(config, trainer, tokenizer, run_dir, metrics)
+    return metrics
+
+
+def resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        last = last_complete_checkpoint(run_dir)
+        if last is None:
+            raise UsageError(f"no checkpoint in {run_dir} to resume from; drop --resume to start over")
+        info(f"resuming from {last}")
+        return last
+    if not (Path(resume) / "trainer_state.json").is_file():
+        raise UsageError(f"'{resume}' is not a checkpoint dir (no trainer_state.json); use --resume auto")
+    return resume
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint whose trainer_state.json (written last) exists: a run killed
+    while saving leaves a partial checkpoint that must not be resumed from."""
+    if not run_dir.is_dir():
+        return None
+    steps = []
+    for folder in run_dir.glob("checkpoint-*"):
+        suffix = folder.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (folder / "trainer_state.json").is_file():
+            steps.append((int(suffix), folder))
+    return str(max(steps)[1]) if steps else None
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"bgcli finetune --recipe {run_dir / 'bgcli_config.yaml'} --output {run_dir} --resume auto"
+
+
+def save_interrupted(trainer, run_dir: Path) -> None:
+    """Ctrl-C: keep what was learned as a normal checkpoint and say how to go on."""
+    from .console import error
+
+    step = trainer.state.global_step
+    if step == 0:
+        error("interrupted before the first step; nothing to save")
+        return
+    # Trainer has no public "checkpoint now"; _save_checkpoint writes model, optimizer,
+    # scheduler, RNG and trainer state exactly as a scheduled save does.
+    trainer._save_checkpoint(trainer.model, trial=None)
+    if trainer.is_world_process_zero():
+        error(f"interrupted at step {step}; checkpoint saved. Resume with:\n  {resume_command(run_dir)}")
+
+
+def write_config(config, run_dir: Path) -> None:
+    import yaml
+
+    values = {"task": config.task, **recipe_values(config), "output": str(run_dir)}
+    write_text_atomically(run_dir / "bgcli_config.yaml", yaml.safe_dump(values, sort_keys=False))
+
+
+def load_splits(config, task):
+    train = load_data(config.train_data, config.data_format)
+    others = {}
+    if config.eval_data:
+        others["eval"] = load_data(config.eval_data, config.data_format)
+    if config.test_data:
+        others["test"] = load_data(config.test_data, config.data_format)
+    train, others = task.prepare(train, others)
+    eval_set = others.get("eval")
+    if eval_set is None and config.eval_split > 0:
+        train, eval_set = stratified_split(train, task, config.eval_split, config.seed)
+    if config.max_train_samples:
+        train = train.shuffle(seed=config.seed).select(range(min(config.max_train_samples, len(train))))
+    if eval_set is not None and config.max_eval_samples:
+        eval_set = eval_set.select(range(min(config.max_eval_samples, len(eval_set))))
+    return train, eval_set, others.get("test")
+
+
+def stratified_split(train, task, fraction: float, seed: int):
+    from datasets import ClassLabel
+
+    train = train.cast_column("labels", ClassLabel(names=task.labels.names))
+    parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column="labels")
+    return parts["train"], parts["test"]
+
+
+def pick_precision(config) -> str:
+    import torch
+
+    if config.precision != "auto":
+        return config.precision
+    if config.device != "cpu" and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"  # CPU: bf16 autocast is not yet measured to keep accuracy
+
+
+def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: Path):
+    from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments
+
+    precision = pick_precision(config)
+    by_epoch = config.eval_every == "epoch"
+    strategy = "epoch" if by_epoch else "steps"
+    has_eval = eval_set is not None
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size * 2,
+        gradient_accumulation_steps=config.grad_accum,
+        warmup_steps=config.warmup,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.scheduler,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=config.device == "cpu",
+        eval_strategy=strategy if has_eval else "no",
+        save_strategy=strategy,
+        eval_steps=None if by_epoch else int(config.eval_every),
+        save_steps=None if by_epoch else int(config.eval_every),
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=bool(config.early_stopping) and has_eval,
+        metric_for_best_model=config.metric if has_eval else None,
+        greater_is_better=True,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        train_sampling_strategy="group_by_length",
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=config.device != "cpu" and _has_accelerator(),
+    )
+    metrics = task_metrics(config)
+    callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
+    if not VERBOSITY.quiet:
+        from .progress import RichProgressCallback
+
+        callbacks.append(RichProgressCallback())
+    weights = task.class_weights(train_set) if config.class_weights == "auto" else None
+    trainer = trainer_class(weights)(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        data_collator=task.collator(),
+        compute_metrics=metrics,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout, which is for data
+    return trainer
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def task_metrics(config):
+    import numpy as np
+
+    from .metrics import ClassificationMetrics
+
+    extra = (
+        [config.metric]
+        if config.metric not in {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
+        else []
+    )
+    metrics = ClassificationMetrics(extra)
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred
+        return metrics(np.argmax(logits, axis=-1), labels)
+
+    return compute
+
+
+def trainer_class(weights: list[float] | None):
+    """The Trainer with two changes: an epoch-seeded length-grouped sampler (so a resumed
+    run sees exactly the batches of an uninterrupted one) and, when asked, a class-weighted loss."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        # Stock: the order comes from the global RNG at iteration time, which a resumed run
+        # cannot replay mid-epoch (its RNG is restored only after the order is drawn).
+        def __init__(self, base: LengthGroupedSampler, seed: int):
+            self.__dict__.update(base.__dict__)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class BgcliTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return EpochSeededLengthGroupedSampler(sampler, seed)
+            return sampler
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if weights is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = torch.tensor(weights, device=outputs.logits.device)
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return BgcliTrainer
+
+
+def collect_metrics(config, trainer, result, eval_set, test_set, task, started: float) -> dict[str, Any]:
+    import torch
+
+    metrics: dict[str, Any] = {"train": dict(result.metrics)}
+    if eval_set is not None:
+        metrics["eval"] = trainer.evaluate(eval_set, metric_key_prefix="eval")
+    if test_set is not None:
+        prediction = trainer.predict(test_set, metric_key_prefix="test")
+        metrics["test"] = dict(prediction.metrics)
+        metrics["test_report"] = class_report(prediction, task.labels.names)
+    args = trainer.args
+    metrics["run"] = {
+        "wall_time_s": round(time.time() - started, 1),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "peak_memory_mb": peak_memory_mb(),
+        "device": str(args.device),
+        "precision": pick_precision(config),
+        "world_size": args.world_size,
+        "labels": task.labels.names,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return metrics
+
+
+def class_report(prediction, names: list[str]) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    predicted = np.argmax(prediction.predictions, axis=-1)
+    labels = list(range(len(names)))
+    return {
+        "per_class": classification_report(
+            prediction.label_ids,
+            predicted,
+            labels=labels,
+            target_names=names,
+            output_dict=True,
+            zero_division=0,
+        ),
+        "confusion_matrix": confusion_matrix(prediction.label_ids, predicted, labels=labels).tolist(),
+    }
+
+
+def peak_memory_mb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def save_run(config, trainer, tokenizer, run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Only rank 0 writes. Model files land atomically one by one; metrics.json, written
+    last, marks the run finished."""
+
+    if not trainer.is_world_process_zero():
+        return
+    final = run_dir / ".final-tmp"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
+    for item in final.iterdir():
+        os.replace(item, run_dir / item.name)
+    final.rmdir()
+    history = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
+    write_text_atomically(run_dir / "log_history.jsonl", history)
+    from .run_report import write_report
+
+    write_report(run_dir, config, metrics, trainer.state.log_history)
+    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    info(f"model and report written to {run_dir}")

@@ -1,0 +1,309 @@
+"""finetune (classification): run dir contents, labels, reproducibility, recipes, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertgpt_cli.commands.finetune import FinetuneConfig
+from bertgpt_cli.recipes import PACKAGE_RECIPES, find_recipe, read_recipe, validate_keys
+
+POSITIVE = ["great film", "wonderful acting", "loved it", "a fun and charming comedy", "the best picture"]
+NEGATIVE = ["boring plot", "terrible film", "dull and predictable", "bad acting", "i want my money back"]
+
+
+def write_csv(path: Path, rows) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("reviews")
+    rows = [(f"{(POSITIVE if i % 2 else NEGATIVE)[i % 5]} {i}", "pos" if i % 2 else "neg") for i in range(80)]
+    return {
+        "train": write_csv(folder / "train.csv", rows),
+        "test": write_csv(folder / "test.csv", rows[:20]),
+        "unseen": write_csv(folder / "unseen.csv", [("so so", "meh")]),
+        "ints": write_csv(folder / "ints.csv", [(t, 1 if lab == "pos" else 0) for t, lab in rows]),
+    }
+
+
+def finetune(cli, model_dir, out: Path, *extra: str):
+    args = [
+        "finetune",
+        "-m",
+        str(model_dir),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--output",
+        str(out),
+        "--quiet",
+        "--format",
+        "jsonl",
+        *extra,
+    ]
+    return cli(args)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert_dir, reviews):
+    from .conftest import run_cli
+
+    out = tmp_path_factory.mktemp("runs") / "rt"
+    result = finetune(
+        run_cli,
+        tiny_bert_dir,
+        out,
+        "--train-data",
+        str(reviews["train"]),
+        "--test-data",
+        str(reviews["test"]),
+    )
+    assert result.code == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_run_dir_holds_model_report_and_config(finished_run):
+    out, summary = finished_run
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "bgcli_config.yaml",
+        "metrics.json",
+        "log_history.jsonl",
+        "README.md",
+        "loss.png",
+        "confusion_matrix.png",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "training_args.bin").exists() and not (out / "pytorch_model.bin").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}  # real names, sorted
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"train", "eval", "test", "run"} <= set(metrics)
+    assert metrics["run"]["world_size"] == 1 and metrics["run"]["precision"] == "fp32"
+    assert summary["test_accuracy"] == pytest.approx(metrics["test"]["test_accuracy"], abs=1e-4)
+    assert len(metrics["test_report"]["confusion_matrix"]) == 2
+    assert all(json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines())
+
+
+def test_the_run_dir_loads_in_pipeline_and_classify(cli, finished_run):
+    from transformers import pipeline
+
+    out, _ = finished_run
+    reference = pipeline("text-classification", model=str(out))(["great film", "boring plot"])
+    result = cli(["classify", "-m", str(out), "great film", "boring plot"])
+    ours = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["label"] for r in ours] == [r["label"] for r in reference]
+    assert {r["label"] for r in ours} <= {"neg", "pos"}
+
+
+def test_saved_config_reproduces_the_run(cli, finished_run, tmp_path):
+    out, summary = finished_run
+    saved = yaml.safe_load((out / "bgcli_config.yaml").read_text())
+    validate_keys({k: v for k, v in saved.items()}, FinetuneConfig, "bgcli_config.yaml")
+    again = cli(
+        [
+            "finetune",
+            "--recipe",
+            str(out / "bgcli_config.yaml"),
+            "--output",
+            str(tmp_path / "again"),
+            "--quiet",
+            "--format",
+            "jsonl",
+        ]
+    )
+    assert again.code == 0, again.stderr
+    repeat = json.loads(again.stdout)
+    for key in ("eval_accuracy", "test_accuracy", "test_loss"):
+        assert repeat[key] == pytest.approx(summary[key], abs=1e-4)
+
+
+def test_a_finished_run_is_not_overwritten(cli, finished_run, tiny_bert_dir, reviews):
+    out, _ = finished_run
+    before = (out / "metrics.json").read_text()
+    result = finetune(cli, tiny_bert_dir, out, "--train-data", str(reviews["train"]))
+    assert result.code == 2 and "--overwrite" in result.stderr
+    assert (out / "metrics.json").read_text() == before
+
+
+def test_eval_label_unseen_in_training_is_a_clear_error(cli, tiny_bert_dir, reviews, tmp_path):
+    result = finetune(
+        cli,
+        tiny_bert_dir,
+        tmp_path / "x",
+        "--train-data",
+        str(reviews["train"]),
+        "--eval-data",
+        str(reviews["unseen"]),
+    )
+    assert result.code == 2 and "label(s) meh not seen in training (neg, pos)" in result.stderr
+
+
+def test_unknown_column_names_the_columns(cli, tiny_bert_dir, reviews, tmp_path):
+    result = finetune(
+        cli, tiny_bert_dir, tmp_path / "x", "--train-data", str(reviews["train"]), "--text-column", "review"
+    )
+    assert result.code == 2 and "it has: text, label" in result.stderr
+
+
+def test_integer_labels_take_label_names(cli, tiny_bert_dir, reviews, tmp_path):
+    out = tmp_path / "ints"
+    result = finetune(
+        cli,
+        tiny_bert_dir,
+        out,
+        "--train-data",
+        str(reviews["ints"]),
+        "--label-names",
+        "negative,positive",
+        "--max-steps",
+        "2",
+    )
+    assert result.code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+
+
+def test_recipe_key_typo_is_rejected_with_the_closest_key(cli, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train_data: x.csv\nepoch: 3\n")
+    result = cli(["finetune", "--recipe", str(recipe)])
+    assert result.code == 2
+    assert "unknown key 'epoch'" in result.stderr and "did you mean 'epochs'?" in result.stderr
+
+
+def test_flags_override_the_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train_data: a.csv\nlr: 0.1\nepochs: 7\n")
+    config = FinetuneConfig.from_command_line(
+        {**{f: getattr(FinetuneConfig(), f) for f in ("lr", "epochs")}, "recipe": str(recipe), "lr": 0.5},
+        explicit={"lr"},
+    )
+    assert (config.lr, config.epochs, config.train_data) == (0.5, 7, "a.csv")
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_is_valid(path):
+    data = read_recipe(path)
+    validate_keys(data, FinetuneConfig, str(path))
+    config = FinetuneConfig(**data)
+    assert config.train_data
+    header = path.read_text().splitlines()[:3]
+    assert header[0].startswith("#") and any("bgcli finetune --recipe" in line for line in header)
+    assert find_recipe(path.stem) == path
+
+
+def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, reviews, tmp_path):
+    """Kill a real run after its first checkpoint, resume it, compare with an uninterrupted run."""
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import BGCLI, ROOT
+
+    common = [
+        "finetune",
+        "-m",
+        str(tiny_bert_dir),
+        "--train-data",
+        str(reviews["train"]),
+        "--test-data",
+        str(reviews["test"]),
+        "--max-steps",
+        "120",
+        "--eval-every",
+        "15",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--save-total-limit",
+        "3",
+        "--quiet",
+        "--format",
+        "jsonl",
+    ]
+    full = subprocess.run(
+        BGCLI + common + ["--output", str(tmp_path / "full")], capture_output=True, text=True, cwd=ROOT
+    )
+    assert full.returncode == 0, full.stderr
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        BGCLI + common + ["--output", str(killed_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while not (killed_dir / "checkpoint-15" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "the run ended before its first checkpoint"
+        )
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "metrics.json").exists()  # it really was cut short
+    resumed = subprocess.run(
+        BGCLI
+        + [
+            "finetune",
+            "--recipe",
+            str(killed_dir / "bgcli_config.yaml"),
+            "--output",
+            str(killed_dir),
+            "--resume",
+            "auto",
+            "--quiet",
+            "--format",
+            "jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    want = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    got = json.loads((killed_dir / "metrics.json").read_text())
+    for split, key in (
+        ("eval", "eval_loss"),
+        ("eval", "eval_accuracy"),
+        ("test", "test_loss"),
+        ("test", "test_accuracy"),
+    ):
+        assert got[split][key] == pytest.approx(want[split][key], rel=1e-5, abs=1e-7), key
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(cli, tiny_bert_dir, reviews, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = finetune(
+        cli, tiny_bert_dir, tmp_path / "empty", "--train-data", str(reviews["train"]), "--resume", "auto"
+    )
+    assert result.code == 2 and "no checkpoint" in result.stderr
+
+
+def test_recipes_list_show_cp(cli, tmp_path):
+    listed = [json.loads(line) for line in cli(["recipes", "list"]).stdout.splitlines()]
+    names = [r["name"] for r in listed]
+    assert "rt-minilm" in names and "sst2-bert-base" in names
+    rt = listed[names.index("rt-minilm")]
+    assert rt["model"] == "minilm" and rt["measured"]
+    shown = cli(["recipes", "show", "rt-minilm"])
+    assert shown.stdout == (PACKAGE_RECIPES / "rt-minilm.yaml").read_text()
+    copied = cli(["recipes", "cp", "rt-minilm", str(tmp_path)])
+    assert copied.code == 0 and (tmp_path / "rt-minilm.yaml").read_text() == shown.stdout
+    again = cli(["recipes", "cp", "rt-minilm", str(tmp_path)])
+    assert again.code == 2 and "--overwrite" in again.stderr
