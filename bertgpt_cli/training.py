@@ -11,6 +11,7 @@ from typing import Any
 from .atomic import write_text_atomically
 from .console import VERBOSITY, info
 from .data import load_data
+from .devices import cpu_bf16_units
 from .errors import UsageError
 from .model_resolution import load_tokenizer, resolve_model_options
 from .recipes import recipe_values
@@ -128,7 +129,9 @@ def pick_precision(config) -> str:
         return config.precision
     if config.device != "cpu" and torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"  # CPU: bf16 autocast is not yet measured to keep accuracy
+    # CPU with native bf16 units: bf16 autocast trains rt-minilm 1.5x faster at the same test
+    # accuracy (83.9% vs 83.8% fp32, README). Without them bf16 is emulated: keep fp32.
+    return "bf16" if cpu_bf16_units() and config.device in ("auto", "cpu") else "fp32"
 
 
 def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: Path):
@@ -138,7 +141,7 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
     by_epoch = config.eval_every == "epoch"
     strategy = "epoch" if by_epoch else "steps"
     has_eval = eval_set is not None
-    args = TrainingArguments(
+    settings = dict(
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -153,7 +156,7 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
         data_seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=config.device == "cpu",
+        use_cpu=config.device == "cpu" or not _has_accelerator(),
         eval_strategy=strategy if has_eval else "no",
         save_strategy=strategy,
         eval_steps=None if by_epoch else int(config.eval_every),
@@ -170,6 +173,10 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=config.device != "cpu" and _has_accelerator(),
     )
+    try:
+        args = TrainingArguments(**settings)
+    except ValueError as exc:  # an impossible combination, e.g. fp16 without a GPU
+        raise UsageError(f"invalid training setup: {str(exc).splitlines()[0]}") from exc
     metrics = task_metrics(config)
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
     if not VERBOSITY.quiet:
@@ -194,7 +201,8 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
 def _has_accelerator() -> bool:
     import torch
 
-    return torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
 def task_metrics(config):

@@ -179,6 +179,14 @@ def _tiny_classifier(folder: Path, tokenizer_dir: Path, labels: list[str], multi
         initializer_range=0.5,  # large weights: texts get clearly different logits
     )
     model = BertForSequenceClassification(config)
+    # Set the weights explicitly: after a GGUF load in the same process, transformers may
+    # skip its own init, and small weights would give every text the same label.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.5)
+            elif "LayerNorm.weight" not in name:
+                param.zero_()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

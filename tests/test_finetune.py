@@ -94,7 +94,10 @@ def test_run_dir_holds_model_report_and_config(finished_run):
     assert config["id2label"] == {"0": "neg", "1": "pos"}  # real names, sorted
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"train", "eval", "test", "run"} <= set(metrics)
-    assert metrics["run"]["world_size"] == 1 and metrics["run"]["precision"] == "fp32"
+    from bertgpt_cli.devices import cpu_bf16_units
+
+    expected_precision = "bf16" if cpu_bf16_units() else "fp32"  # auto on a CPU
+    assert metrics["run"]["world_size"] == 1 and metrics["run"]["precision"] == expected_precision
     assert summary["test_accuracy"] == pytest.approx(metrics["test"]["test_accuracy"], abs=1e-4)
     assert len(metrics["test_report"]["confusion_matrix"]) == 2
     assert all(json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines())
@@ -307,3 +310,126 @@ def test_recipes_list_show_cp(cli, tmp_path):
     assert copied.code == 0 and (tmp_path / "rt-minilm.yaml").read_text() == shown.stdout
     again = cli(["recipes", "cp", "rt-minilm", str(tmp_path)])
     assert again.code == 2 and "--overwrite" in again.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tiny_bert_dir, reviews, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import BGCLI, ROOT
+
+    out = tmp_path / "interrupted"
+    args = [
+        "finetune",
+        "-m",
+        str(tiny_bert_dir),
+        "--train-data",
+        str(reviews["train"]),
+        "--max-steps",
+        "100000",
+        "--eval-every",
+        "10",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+    ]
+    proc = subprocess.Popen(BGCLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint-10" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    command = f"bgcli finetune --recipe {out / 'bgcli_config.yaml'} --output {out} --resume auto"
+    assert command in stderr
+    steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")]
+    assert max(steps) > 10  # the interrupted step was saved, not only the last scheduled one
+
+
+def test_early_stopping_stops_without_asking_for_load_best(cli, tiny_bert_dir, reviews, tmp_path):
+    out = tmp_path / "early"
+    result = finetune(
+        cli,
+        tiny_bert_dir,
+        out,
+        "--train-data",
+        str(reviews["train"]),
+        "--lr",
+        "0",
+        "--max-steps",
+        "1000",
+        "--eval-every",
+        "5",
+        "--early-stopping",
+        "1",
+    )
+    assert result.code == 0, result.stderr
+    history = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
+    assert max(entry["step"] for entry in history) == 10  # best at 5, no gain at 10: stop
+
+
+def test_class_weights_are_inverse_frequency(tiny_bert_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from bertgpt_cli.tasks import ClassificationTask, LabelSet
+
+    task = ClassificationTask(FinetuneConfig(train_data="x"), AutoTokenizer.from_pretrained(tiny_bert_dir))
+    task.labels = LabelSet(["a", "b"])
+    weights = task.class_weights(Dataset.from_dict({"labels": [0, 0, 0, 1]}))
+    assert weights == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+
+
+def test_two_processes_really_run_and_only_rank_0_writes(tiny_bert_dir, reviews, tmp_path):
+    """--num-processes 2 relaunches under torchrun (gloo on CPU): world size 2, one run dir,
+    and a loss on the same scale as one process (not multiplied by the world size)."""
+    import subprocess
+
+    from .conftest import BGCLI, ROOT
+
+    common = [
+        "finetune",
+        "-m",
+        str(tiny_bert_dir),
+        "--train-data",
+        str(reviews["train"]),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0",
+        "--eval-split",
+        "0.25",
+        "--quiet",
+        "--format",
+        "jsonl",
+    ]
+    two = subprocess.run(
+        BGCLI + common + ["--num-processes", "2", "--output", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    summaries = [json.loads(line) for line in two.stdout.splitlines()]
+    assert len(summaries) == 1 and summaries[0]["world_size"] == 2  # rank 0 alone printed
+    one = subprocess.run(
+        BGCLI + common + ["--output", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    # lr 0: the model never changes, so both runs evaluate the same weights on the same data.
+    assert summaries[0]["eval_loss"] == pytest.approx(json.loads(one.stdout)["eval_loss"], rel=1e-3)
+    train_two = json.loads((tmp_path / "two" / "metrics.json").read_text())["train"]["train_loss"]
+    train_one = json.loads((tmp_path / "one" / "metrics.json").read_text())["train"]["train_loss"]
+    assert train_two == pytest.approx(train_one, rel=0.2)  # same scale, not doubled

@@ -20,6 +20,7 @@ from ..assets import (
     smollm2_cache_dir,
 )
 from ..console import make_console
+from ..devices import cpu_bf16_units, cpu_model
 from ..hub import hub_endpoint, offline_state
 from ..options import OutputOptions
 from ..output import flatten, resolve_format, to_json
@@ -80,33 +81,12 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _devices() -> dict[str, Any]:
     import torch
 
-    flags = _cpu_flags()
-    bf16_units = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    bf16_units = cpu_bf16_units()
     devices: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": bool(bf16_units),

@@ -10,7 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..console import info, warn
+import typer
+
+from ..console import info, set_verbosity, warn
 from ..errors import UsageError
 from ..options import ModelOptions, OutputOptions, option
 from ..recipes import merge
@@ -61,7 +63,7 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     seed: int = option(42, "Seed: same seed + data, same metrics.", panel=TRAIN)
     precision: str = option(
         "auto",
-        "auto: fp32 on CPU, bf16 on a GPU that has it; never fp16 on a CPU.",
+        "auto: bf16 autocast on a CPU with bf16 units (else fp32), bf16/fp16 on a GPU; never fp16 on a CPU.",
         choices=("auto", "fp32", "bf16", "fp16"),
         panel=TRAIN,
     )
@@ -84,6 +86,9 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN
     )
     overwrite: bool = option(False, "Replace a finished run in --output.", panel=RUN)
+    num_processes: int = option(
+        1, "Train in N processes on this machine (torchrun: gloo on CPU, NCCL on GPUs).", panel=RUN
+    )
     resume: str | None = option(
         None,
         "Resume an interrupted run: 'auto' (latest checkpoint in --output) or a checkpoint dir.",
@@ -99,12 +104,23 @@ CONFIG = FinetuneConfig
 
 
 def run(config: FinetuneConfig) -> None:
+    from ..launching import is_distributed_worker, is_main_process, relaunch
+
     validate(config)
+    if is_distributed_worker() and not is_main_process():
+        set_verbosity(quiet=True, debug=config.debug)  # only rank 0 prints and writes
+    if config.num_processes > 1 and not is_distributed_worker():
+        run_dir = prepare_run_dir(config)  # decided once, here: workers must agree on it
+        code = relaunch(config.num_processes, ["--output", str(run_dir)])
+        if code:
+            raise typer.Exit(code)
+        return
     run_dir = prepare_run_dir(config)
     from ..training import train
 
     metrics = train(config, run_dir)
-    write_summary(config, run_dir, metrics)
+    if is_main_process():
+        write_summary(config, run_dir, metrics)
 
 
 def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
@@ -160,7 +176,15 @@ def prepare_run_dir(config: FinetuneConfig) -> Path:
         )
     if config.resume and not config.output:
         raise UsageError("--resume needs --output: the run dir to resume")
-    if run_dir.exists() and any(run_dir.iterdir()) and not finished and not config.resume:
+    from ..launching import is_distributed_worker
+
+    if (
+        run_dir.exists()
+        and any(run_dir.iterdir())
+        and not finished
+        and not config.resume
+        and not is_distributed_worker()
+    ):
         warn(f"{run_dir} holds an unfinished run; its files will be replaced")
     run_dir.mkdir(parents=True, exist_ok=True)
     info(f"run dir: {run_dir}")
