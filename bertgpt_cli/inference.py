@@ -11,7 +11,7 @@ from .console import info, warn
 from .errors import UsageError
 from .model_resolution import load_model, load_tokenizer, resolve_model_options
 from .options import ModelOptions, option
-from .records import InputRecord, RecordError
+from .records import InputRecord
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -122,6 +122,3 @@ def model_max_length(tokenizer: Any, model: Any) -> int:
     limits.append(getattr(model.config, "n_positions", None))
     usable = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
     return min(usable) if usable else 512
-
-
-__all__ = ["InferenceOptions", "RecordError", "load_for_inference", "process_sorted", "model_max_length"]

@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter, resolve_format
-from ..records import RecordError, raise_if_failed, read_input_records, run_stream
+from ..records import raise_if_failed, read_input_records, run_stream
 
 NAME = "generate"
 HELP = "Continue each prompt with a causal LM (GPT-2, SmolLM2, ...): greedy by default, --sample to sample."
@@ -275,6 +275,3 @@ class Generator:
         new_ids = output[0, ids.shape[1] :].tolist()
         record = self.describe(ids[0].tolist(), new_ids, prompt)
         info(f"[{record['generated_tokens']} tokens, finish: {record['finish_reason']}]")
-
-
-__all__ = ["RecordError"]
