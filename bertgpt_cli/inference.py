@@ -11,7 +11,6 @@ from .console import info, warn
 from .errors import UsageError
 from .model_resolution import load_model, load_tokenizer, resolve_model_options
 from .options import ModelOptions, option
-from .records import InputRecord
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -99,7 +98,6 @@ def length_sorted(indices: Sequence[int], lengths: Sequence[int], batch_size: in
 
 
 def process_sorted(
-    records: list[InputRecord],
     lengths: Sequence[int],
     batch_size: int,
     run_batch: Callable[[list[int]], list],
@@ -108,8 +106,8 @@ def process_sorted(
 
     `run_batch` returns one result per index: a list of output dicts or a RecordError.
     """
-    results: list = [None] * len(records)
-    for batch in length_sorted(range(len(records)), lengths, batch_size):
+    results: list = [None] * len(lengths)
+    for batch in length_sorted(range(len(lengths)), lengths, batch_size):
         for index, result in zip(batch, run_batch(batch), strict=True):
             results[index] = result
     return results

@@ -13,7 +13,7 @@ from typing import Any
 
 from .assets import BUILTIN_MODELS
 from .console import info
-from .errors import BgcliError, UsageError
+from .errors import BgcliError, UsageError, first_line
 from .hub import go_offline, hub_reachable, offline_from_env
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
@@ -111,18 +111,13 @@ def unavailable_model_message(resolved: ResolvedModel, detail: str = "") -> str:
     return f"cannot load model from '{resolved.location}': {detail}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_config(resolved: ResolvedModel):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(resolved.location, **resolved.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as exc:
-        raise BgcliError(unavailable_model_message(resolved, _first_line(exc))) from exc
+        raise BgcliError(unavailable_model_message(resolved, first_line(exc))) from exc
 
 
 def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
@@ -131,7 +126,7 @@ def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
     try:
         return AutoTokenizer.from_pretrained(resolved.location, **resolved.pretrained_kwargs(), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise BgcliError(unavailable_model_message(resolved, _first_line(exc))) from exc
+        raise BgcliError(unavailable_model_message(resolved, first_line(exc))) from exc
 
 
 def supports(config: Any, auto_class: Any) -> bool:
@@ -156,7 +151,7 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
             **kwargs,
         )
     except (OSError, ValueError) as exc:
-        detail = _first_line(exc)
+        detail = first_line(exc)
         if "safetensors" in detail.lower():
             raise BgcliError(
                 f"model '{resolved.spec}' has no safetensors weights; bgcli does not load pickled "

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .options import config_fields
 
 # Recipes ship in the repository's recipes/ (beside the package); BGCLI_RECIPES adds a folder.
@@ -49,7 +49,7 @@ def read_recipe(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"recipe {path} is not valid YAML: {first_line(exc)}") from exc
     if not isinstance(data, dict):
         raise UsageError(f"recipe {path} must be a mapping of keys to values")
     return data

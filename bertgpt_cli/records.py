@@ -153,7 +153,6 @@ def _jsonl_record(number: int, line: str, text_field: str) -> InputRecord:
 
 # Processing -----------------------------------------------------------------------------
 
-BatchResult = list  # per good record: a list of output dicts, or a RecordError
 ProcessBatch = Callable[[list[InputRecord]], list]
 
 
@@ -197,6 +196,18 @@ def run_stream(
             failed += 1
         flush()
     return ok, failed
+
+
+def stream_to_writer(
+    records: Iterable[InputRecord], process_batch: ProcessBatch, writer, window: int
+) -> None:
+    """What every stream command does: run the records into `writer` (always closed, so a
+    table or JSON list still shows what was done), then fail if any record failed."""
+    try:
+        ok, failed = run_stream(records, process_batch, writer.write, window, writer.flush)
+    finally:
+        writer.close()
+    raise_if_failed(ok, failed)
 
 
 def raise_if_failed(ok: int, failed: int) -> None:

@@ -12,7 +12,7 @@ from .atomic import write_text_atomically
 from .console import VERBOSITY, info
 from .data import load_data
 from .devices import cpu_bf16_units
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .model_resolution import load_tokenizer, resolve_model_options
 from .recipes import recipe_values
 from .tasks import TASKS
@@ -176,7 +176,7 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
     try:
         args = TrainingArguments(**settings)
     except ValueError as exc:  # an impossible combination, e.g. fp16 without a GPU
-        raise UsageError(f"invalid training setup: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"invalid training setup: {first_line(exc)}") from exc
     metrics = task_metrics(config)
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
     if not VERBOSITY.quiet:

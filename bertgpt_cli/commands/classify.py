@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
-from ..records import raise_if_failed, read_input_records, run_stream
+from ..records import read_input_records, stream_to_writer
 
 NAME = "classify"
 HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id)."
@@ -41,13 +41,7 @@ def run(config: ClassifyConfig) -> None:
     )
     classifier = Classifier(model, tokenizer, config)
     writer = RecordWriter(config.format, text_key="label", columns=None)
-    try:
-        ok, failed = run_stream(
-            records, classifier.classify, writer.write, config.batch_size * 8, writer.flush
-        )
-    finally:
-        writer.close()
-    raise_if_failed(ok, failed)
+    stream_to_writer(records, classifier.classify, writer, window=config.batch_size * 8)
 
 
 def require_classifier(resolved, config) -> None:
@@ -83,7 +77,7 @@ class Classifier:
         def run_batch(batch: list[int]) -> list:
             return self._classify_texts([records[i].text for i in batch])
 
-        return process_sorted(records, lengths, self.config.batch_size, run_batch)
+        return process_sorted(lengths, self.config.batch_size, run_batch)
 
     def _classify_texts(self, texts: list[str]) -> list:
         import torch

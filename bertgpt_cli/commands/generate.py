@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter, resolve_format
-from ..records import raise_if_failed, read_input_records, run_stream
+from ..records import read_input_records, stream_to_writer
 
 NAME = "generate"
 HELP = "Continue each prompt with a causal LM (GPT-2, SmolLM2, ...): greedy by default, --sample to sample."
@@ -71,21 +71,10 @@ def run(config: GenerateConfig) -> None:
         text_key="completion",
         columns=["prompt", "completion", "generated_tokens", "finish_reason"],
     )
-    items = list(config.texts) if config.texts else None
-    if items is not None and len(items) == 1 and should_stream(config):
-        generator.stream(items[0])
+    if len(config.texts) == 1 and should_stream(config):
+        generator.stream(config.texts[0])
         return
-    try:
-        ok, failed = run_stream(
-            records,
-            lambda batch: generator.generate(batch),
-            writer.write,
-            config.batch_size * 4,
-            writer.flush,
-        )
-    finally:
-        writer.close()
-    raise_if_failed(ok, failed)
+    stream_to_writer(records, generator.generate, writer, window=config.batch_size * 4)
 
 
 def validate(config: GenerateConfig) -> None:
@@ -198,7 +187,7 @@ class Generator:
         def run_batch(batch: list[int]) -> list:
             return self._generate_ids([encoded[i] for i in batch], [records[i].text for i in batch])
 
-        return process_sorted(records, lengths, self.config.batch_size, run_batch)
+        return process_sorted(lengths, self.config.batch_size, run_batch)
 
     def _generate_ids(self, batch_ids: list[list[int]], prompts: list[str]) -> list:
         import torch

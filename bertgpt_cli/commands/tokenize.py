@@ -8,7 +8,7 @@ from ..console import warn
 from ..model_resolution import load_tokenizer, resolve_model_options
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
-from ..records import RecordError, raise_if_failed, read_input_records, run_stream
+from ..records import RecordError, read_input_records, stream_to_writer
 
 NAME = "tokenize"
 HELP = "Split texts into a model's tokens: ids, counts, and whether they fit its length limit."
@@ -61,11 +61,7 @@ def run(config: TokenizeConfig) -> None:
             )
         return results
 
-    try:
-        ok, failed = run_stream(records, process, writer.write, config.batch_size, writer.flush)
-    finally:
-        writer.close()
-    raise_if_failed(ok, failed)
+    stream_to_writer(records, process, writer, config.batch_size)
 
 
 def _model_limit(tokenizer) -> int | None:

@@ -17,7 +17,7 @@ LOCAL_METRICS = ("accuracy", "f1", "precision", "recall")
 def load_metric(name: str):
     import evaluate
 
-    from ..errors import BgcliError
+    from ..errors import BgcliError, first_line
 
     if name in LOCAL_METRICS:
         return evaluate.load(str(HERE / name / f"{name}.py"))
@@ -25,7 +25,7 @@ def load_metric(name: str):
         return evaluate.load(name)
     except Exception as exc:  # noqa: BLE001
         raise BgcliError(
-            f"cannot load metric '{name}' ({str(exc).splitlines()[0]}); built-in metrics "
+            f"cannot load metric '{name}' ({first_line(exc)}); built-in metrics "
             f"work offline: {', '.join(LOCAL_METRICS)}"
         ) from exc
 
