@@ -17,31 +17,20 @@ import time
 from pathlib import Path
 
 from .assets import mask_one_word, minilm_with_head, rt_sentences
-from .runner import Result
+from .runner import Result, alternate_runs
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 GEN_PROMPTS, GEN_TOKENS = 16, 64
 
 
-def median_rate(fn, items: int, repeats: int = REPEATS) -> tuple[float, object]:
-    times, output = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        output = fn()
-        times.append(time.perf_counter() - start)
-    return items / statistics.median(times), output
-
-
 def alternate(runs: dict, items: int, repeats: int) -> dict:
-    """Run every contender once per round, round after round; medians per contender."""
-    times = {name: [] for name in runs}
-    outputs = {}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            outputs[name] = fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (items / statistics.median(t), outputs[name]) for name, t in times.items()}
+    """Items per second (median over rounds) and the last output of each contender."""
+    measured = alternate_runs(runs, repeats)
+    return {name: (items / statistics.median(times), output) for name, (times, output) in measured.items()}
+
+
+def median_rate(fn, items: int, repeats: int = REPEATS) -> tuple[float, object]:
+    return alternate({"run": fn}, items, repeats)["run"]
 
 
 def row(name, ours, base, unit, identical, baseline_name, **details) -> Result:

@@ -31,6 +31,19 @@ def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, output
 
 
+def alternate_runs(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[list[float], Any]]:
+    """Run every contender once per round, round after round, so drift hits all of them.
+
+    Returns, per contender, its wall times and its last output."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            seconds, outputs[name] = time_once(fn)
+            times[name].append(seconds)
+    return {name: (times[name], outputs[name]) for name in runs}
+
+
 def compare_times(
     name: str,
     ours: Callable[[], Any],
@@ -44,13 +57,8 @@ def compare_times(
     for _ in range(warmup):
         ours()
         baseline()
-    ours_times, base_times = [], []
-    ours_out = base_out = None
-    for _ in range(repeats):
-        t, ours_out = time_once(ours)
-        ours_times.append(t)
-        t, base_out = time_once(baseline)
-        base_times.append(t)
+    measured = alternate_runs({"ours": ours, "baseline": baseline}, repeats)
+    (ours_times, ours_out), (base_times, base_out) = measured["ours"], measured["baseline"]
     ours_median, base_median = statistics.median(ours_times), statistics.median(base_times)
     identical = None if ours_out is None and base_out is None else ours_out == base_out
     return Result(
