@@ -112,6 +112,19 @@ def _byte_level_tokenizer():
     )
 
 
+def tiny_bert_sizes(tokenizer) -> dict:
+    """The tiny BERT shape shared by the masked-LM and classifier fixtures."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A random 2-layer BERT with an MLM head and a WordPiece tokenizer trained on CORPUS."""
@@ -121,15 +134,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = _wordpiece_tokenizer()
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = BertConfig(**tiny_bert_sizes(tokenizer))
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -166,13 +171,7 @@ def _tiny_classifier(folder: Path, tokenizer_dir: Path, labels: list[str], multi
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
+        **tiny_bert_sizes(tokenizer),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
