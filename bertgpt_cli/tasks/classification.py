@@ -1,15 +1,13 @@
-"""What differs between fine-tuning tasks: labels, tokenization, head, collator, metrics.
-
-Only `classification` exists yet; `mlm` and `clm` plug in here with the same interface.
-"""
+"""Sequence classification: labels from the training data, a classification head, accuracy/F1."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data import require_columns
-from .errors import UsageError
+from ..data import require_columns
+from ..errors import UsageError
+from .base import Task
 
 
 @dataclass
@@ -65,13 +63,16 @@ def encode_labels(dataset, labels: LabelSet, column: str, split: str):
     )
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     name = "classification"
+    pipeline_tag = "text-classification"
+    default_metric = "f1_macro"
+    card_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 
     def __init__(self, config, tokenizer):
-        self.config = config
-        self.tokenizer = tokenizer
+        super().__init__(config, tokenizer)
         self.labels: LabelSet | None = None
+        self.weights = None
 
     def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Labels from train, then tokenize every split (datasets.map, cached)."""
@@ -105,7 +106,7 @@ class ClassificationTask:
     def model(self, resolved):
         from transformers import AutoModelForSequenceClassification
 
-        from .model_resolution import load_config, load_model
+        from ..model_resolution import load_config, load_model
 
         config = load_config(resolved)
         config.num_labels = len(self.labels.names)
@@ -118,6 +119,14 @@ class ClassificationTask:
             config=config,
             ignore_mismatched_sizes=True,
         )
+
+    def split(self, train, fraction: float, seed: int):
+        """Stratified: every class keeps its share in both parts."""
+        from datasets import ClassLabel
+
+        train = train.cast_column("labels", ClassLabel(names=self.labels.names))
+        parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column="labels")
+        return parts["train"], parts["test"]
 
     def collator(self):
         from transformers import DataCollatorWithPadding
@@ -132,5 +141,58 @@ class ClassificationTask:
         weights = [len(train) / (len(counts) * max(n, 1)) for n in counts]
         return weights
 
+    def use_class_weights(self, train) -> None:
+        self.weights = self.class_weights(train)
 
-TASKS = {"classification": ClassificationTask}
+    def compute_loss(self, model, inputs, num_items_in_batch):
+        if self.weights is None:
+            return None
+        import torch
+
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits
+        weight = torch.tensor(self.weights, device=logits.device)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
+        # A batch mean; with num_items_in_batch the Trainer expects a share of the
+        # accumulated batch and skips its own division by --grad-accum.
+        return loss if num_items_in_batch is None else loss * len(labels) / num_items_in_batch
+
+    def compute_metrics(self):
+        import numpy as np
+
+        from ..metrics import ClassificationMetrics
+
+        metric = self.config.metric or self.default_metric
+        metrics = ClassificationMetrics([] if metric in self.card_metrics else [metric])
+
+        def compute(eval_pred) -> dict[str, float]:
+            logits, labels = eval_pred
+            return metrics(np.argmax(logits, axis=-1), labels)
+
+        return compute
+
+    def test_report(self, prediction) -> dict[str, Any]:
+        import numpy as np
+        from sklearn.metrics import classification_report, confusion_matrix
+
+        names = self.labels.names
+        predicted = np.argmax(prediction.predictions, axis=-1)
+        labels = list(range(len(names)))
+        return {
+            "per_class": classification_report(
+                prediction.label_ids,
+                predicted,
+                labels=labels,
+                target_names=names,
+                output_dict=True,
+                zero_division=0,
+            ),
+            "confusion_matrix": confusion_matrix(prediction.label_ids, predicted, labels=labels).tolist(),
+        }
+
+    def run_info(self) -> dict[str, Any]:
+        return {"labels": self.labels.names}
+
+    def card_notes(self) -> list[str]:
+        return [f"labels: {', '.join(self.labels.names)}"]

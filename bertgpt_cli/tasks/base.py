@@ -1,0 +1,68 @@
+"""The interface every fine-tuning task implements; training.py only talks to this.
+
+A task decides how records become examples, which head the model gets, how the loss and
+the eval metrics are computed, and what the run report says about it. Defaults here are
+the Trainer's own behaviour, so a task overrides only what differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Task:
+    name = ""
+    pipeline_tag = ""
+    default_metric = "loss"
+    card_metrics: tuple[str, ...] = ("loss",)
+
+    def __init__(self, config, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+
+    def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Check columns and tokenize every split, one example per record (datasets.map, cached)."""
+        raise NotImplementedError
+
+    def split(self, train, fraction: float, seed: int):
+        """Hold out `fraction` of the prepared training records for evaluation."""
+        parts = train.train_test_split(test_size=fraction, seed=seed)
+        return parts["train"], parts["test"]
+
+    def finalize(self, dataset, split: str):
+        """Last step before the Trainer sees a split (e.g. packing into blocks)."""
+        return dataset
+
+    def model(self, resolved):
+        raise NotImplementedError
+
+    def collator(self):
+        raise NotImplementedError
+
+    def compute_metrics(self):
+        """The Trainer's compute_metrics callable, or None for loss only."""
+        return None
+
+    def compute_loss(self, model, inputs, num_items_in_batch) -> Any:
+        """The training loss, or None to let the Trainer compute it the standard way."""
+        return None
+
+    def prediction_step(self, model, inputs) -> tuple[Any, Any, Any] | None:
+        """(loss, predictions, labels) for one eval batch, or None for the Trainer's own."""
+        return None
+
+    def test_report(self, prediction) -> dict[str, Any] | None:
+        """Extra test-set report (e.g. per-class scores and a confusion matrix)."""
+        return None
+
+    def samples(self, model) -> list[dict[str, str]]:
+        """What the model makes of a few fixed prompts, shown before/after in the run report."""
+        return []
+
+    def run_info(self) -> dict[str, Any]:
+        """Task facts for metrics.json and the model card."""
+        return {}
+
+    def card_notes(self) -> list[str]:
+        """Model-card bullet points specific to this task."""
+        return []
