@@ -211,36 +211,16 @@ def test_every_recipe_is_valid(path):
     assert find_recipe(path.stem) == path
 
 
-def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, reviews, tmp_path):
-    """Kill a real run after its first checkpoint, resume it, compare with an uninterrupted run."""
+def kill_after_first_checkpoint_and_resume(tmp_path: Path, common: list[str], first_checkpoint: int):
+    """Run `common` uninterrupted; run it again, SIGKILL it once checkpoint `first_checkpoint`
+    is complete, resume it; return (resumed metrics, uninterrupted metrics)."""
     import signal
     import subprocess
     import time
 
     from .conftest import BGCLI, ROOT
 
-    common = [
-        "finetune",
-        "-m",
-        str(tiny_bert_dir),
-        "--train-data",
-        str(reviews["train"]),
-        "--test-data",
-        str(reviews["test"]),
-        "--max-steps",
-        "120",
-        "--eval-every",
-        "15",
-        "--batch-size",
-        "8",
-        "--lr",
-        "3e-3",
-        "--save-total-limit",
-        "3",
-        "--quiet",
-        "--format",
-        "jsonl",
-    ]
+    common = [*common, "--save-total-limit", "3", "--quiet", "--format", "jsonl"]
     full = subprocess.run(
         BGCLI + common + ["--output", str(tmp_path / "full")], capture_output=True, text=True, cwd=ROOT
     )
@@ -253,7 +233,7 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, reviews, 
         cwd=ROOT,
     )
     deadline = time.monotonic() + 120
-    while not (killed_dir / "checkpoint-15" / "trainer_state.json").is_file():
+    while not (killed_dir / f"checkpoint-{first_checkpoint}" / "trainer_state.json").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, (
             "the run ended before its first checkpoint"
         )
@@ -282,6 +262,32 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, reviews, 
     assert resumed.returncode == 0, resumed.stderr
     want = json.loads((tmp_path / "full" / "metrics.json").read_text())
     got = json.loads((killed_dir / "metrics.json").read_text())
+    return got, want
+
+
+def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, reviews, tmp_path):
+    """Kill a real run after its first checkpoint, resume it, compare with an uninterrupted run."""
+    got, want = kill_after_first_checkpoint_and_resume(
+        tmp_path,
+        [
+            "finetune",
+            "-m",
+            str(tiny_bert_dir),
+            "--train-data",
+            str(reviews["train"]),
+            "--test-data",
+            str(reviews["test"]),
+            "--max-steps",
+            "120",
+            "--eval-every",
+            "15",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+        ],
+        first_checkpoint=15,
+    )
     for split, key in (
         ("eval", "eval_loss"),
         ("eval", "eval_accuracy"),

