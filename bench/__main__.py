@@ -11,7 +11,7 @@ import json
 
 from .runner import RESULTS, print_table, save
 
-BENCHMARKS = ["startup", "inference"]
+BENCHMARKS = ["startup", "inference", "training"]
 
 
 def markdown() -> str:

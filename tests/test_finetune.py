@@ -206,8 +206,10 @@ def test_every_recipe_is_valid(path):
     validate_keys(data, FinetuneConfig, str(path))
     config = FinetuneConfig(**data)
     assert config.train_data
-    header = path.read_text().splitlines()[:3]
-    assert header[0].startswith("#") and any("bgcli finetune --recipe" in line for line in header)
+    lines = path.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    assert any("bgcli finetune --recipe" in line for line in header)
+    assert any(line.startswith("# Measured:") for line in header)
     assert find_recipe(path.stem) == path
 
 

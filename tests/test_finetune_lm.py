@@ -172,6 +172,26 @@ def test_eval_masks_are_fixed_and_packing_keeps_every_token(tiny_bert_dir):
     assert 0.08 < masked / len(stream) < 0.25  # about --mlm-probability 0.15
 
 
+@pytest.mark.parametrize("task_name", ["mlm", "clm", "classification"])
+def test_tokenization_cache_does_not_depend_on_unrelated_flags(task_name, request, texts_file):
+    """datasets keys its map cache on a hash of the function: a second run with another
+    --output or --lr must reuse the tokenized files, not tokenize the corpus again."""
+    from bertgpt_cli.data import load_data
+    from bertgpt_cli.tasks import TASKS
+
+    model_dir = request.getfixturevalue("tiny_gpt2_dir" if task_name == "clm" else "tiny_bert_dir")
+    tokenizer = tokenizer_of(model_dir)
+    data = load_data(str(texts_file))
+    if task_name == "classification":
+        data = data.rename_column("id", "label")
+    files = []
+    for output, lr in (("runs/a", 1e-4), ("runs/b", 3e-3)):
+        task = TASKS[task_name](lm_config(task=task_name, output=output, lr=lr), tokenizer)
+        prepared, _ = task.prepare(data, {})
+        files.append([f["filename"] for f in prepared.cache_files])
+    assert files[0] and files[0] == files[1]
+
+
 def test_mlm_needs_a_mask_token(cli, tiny_gpt2_dir, texts_file, tmp_path):
     result = lm_finetune(cli, "mlm", tiny_gpt2_dir, texts_file, tmp_path / "x")
     assert result.code == 2 and "no mask token" in result.stderr
@@ -311,6 +331,32 @@ def test_a_killed_mlm_run_resumes_to_the_same_final_metrics(tiny_bert_dir, texts
     )
     for key in ("eval_loss", "eval_top1_accuracy", "eval_top5_accuracy"):
         assert got["eval"][key] == pytest.approx(want["eval"][key], rel=1e-5, abs=1e-7), key
+
+
+def test_two_process_mlm_gathers_exact_token_metrics(tiny_bert_dir, texts_file, tmp_path):
+    """Under torchrun (2 ranks), eval per-example sums are gathered without the padding
+    duplicates: with lr 0 the token count and loss equal a one-process run's."""
+    import subprocess
+
+    from .conftest import BGCLI, ROOT
+
+    common = ["finetune", "--task", "mlm", "-m", str(tiny_bert_dir), "--train-data", str(texts_file)]
+    common += ["--eval-split", "0.3", "--block-size", "16", "--batch-size", "4", "--lr", "0"]
+    common += ["--max-steps", "3", "--quiet", "--format", "jsonl"]
+    runs = {}
+    for name, extra in (("two", ["--num-processes", "2"]), ("one", [])):
+        done = subprocess.run(
+            BGCLI + common + extra + ["--output", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["two"]["run"]["world_size"] == 2
+    assert runs["two"]["eval"]["eval_tokens"] == runs["one"]["eval"]["eval_tokens"]
+    assert runs["two"]["eval"]["eval_loss"] == pytest.approx(runs["one"]["eval"]["eval_loss"], rel=1e-4)
 
 
 # --- real assets ---------------------------------------------------------------------------

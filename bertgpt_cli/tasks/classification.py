@@ -92,12 +92,14 @@ class ClassificationTask(Task):
         return train, others
 
     def _tokenize(self, dataset):
-        c = self.config
-        text, pair = c.text_column, c.text_pair_column
+        # The closure holds only what tokenizing uses: datasets hashes it for its cache key,
+        # so unrelated flags (say --output) must not be in it.
+        tokenizer, max_length = self.tokenizer, self.config.max_length
+        text, pair = self.config.text_column, self.config.text_pair_column
 
         def tokenize(batch):
             args = (batch[text], batch[pair]) if pair else (batch[text],)
-            return self.tokenizer(*args, truncation=True, max_length=c.max_length)
+            return tokenizer(*args, truncation=True, max_length=max_length)
 
         keep = {"labels"}
         drop = [col for col in dataset.column_names if col not in keep]

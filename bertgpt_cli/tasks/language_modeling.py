@@ -25,7 +25,10 @@ SAMPLE_NEW_TOKENS = 40
 
 class LanguageModelingTask(Task):
     default_metric = "loss"
-    extra_columns: tuple[str, ...] = ()
+    default_block_size = 512
+    default_prompts: tuple[str, ...] = ()
+    # Per-example sums an eval step returns: the first two always, then hit counts.
+    stat_names: tuple[str, ...] = ("loss_sum", "tokens")
 
     def prepare(self, train, others):
         column = self.config.text_column
@@ -35,20 +38,21 @@ class LanguageModelingTask(Task):
         return self._tokenize(train), {k: self._tokenize(v) for k, v in others.items()}
 
     def _tokenize(self, dataset):
-        column = self.config.text_column
+        column, encode = self.config.text_column, self.encoder()
 
         def tokenize(batch):
             texts = [text if isinstance(text, str) else "" for text in batch[column]]
-            return self.encode(texts)
+            return encode(texts)
 
-        return dataset.map(
-            tokenize, batched=True, batch_size=MAP_BATCH, remove_columns=dataset.column_names
-        ).filter(lambda ids: len(ids) > 0, input_columns="input_ids")
+        return dataset.map(tokenize, batched=True, batch_size=MAP_BATCH, remove_columns=dataset.column_names)
 
     def encode(self, texts: list[str]) -> dict[str, list]:
-        raise NotImplementedError
+        return self.encoder()(texts)
 
-    default_block_size = 512
+    def encoder(self):
+        """texts -> token ids etc. A closure over the tokenizer and the settings it uses only:
+        datasets hashes it for its cache key, so unrelated flags (say --output) must not be in it."""
+        raise NotImplementedError
 
     @property
     def model_limit(self) -> int | None:
@@ -105,8 +109,6 @@ class LanguageModelingTask(Task):
 
         return compute
 
-    stat_names: tuple[str, ...] = ("loss_sum", "tokens")
-
     @staticmethod
     def per_example(rows, batch_size: int, columns: list) -> Any:
         """Sum token-level values into one row per example: batch-first, so the Trainer can
@@ -118,8 +120,6 @@ class LanguageModelingTask(Task):
 
     def sample_prompts(self) -> list[str]:
         return list(self.config.sample_prompts or self.default_prompts)
-
-    default_prompts: tuple[str, ...] = ()
 
 
 class MaskedLMTask(LanguageModelingTask):
@@ -140,14 +140,20 @@ class MaskedLMTask(LanguageModelingTask):
         self.head_created = False
         self.projection = None
 
-    def encode(self, texts):
-        return self.tokenizer(
-            texts,
-            truncation=not self.config.packing,
-            max_length=None if self.config.packing else self.max_length,
-            return_special_tokens_mask=True,
-            return_offsets_mapping=self.config.whole_word_mask,
-        )
+    def encoder(self):
+        tokenizer, packing, whole_words = self.tokenizer, self.config.packing, self.config.whole_word_mask
+        max_length = None if packing else self.max_length
+
+        def encode(texts):
+            return tokenizer(
+                texts,
+                truncation=not packing,
+                max_length=max_length,
+                return_special_tokens_mask=True,
+                return_offsets_mapping=whole_words,
+            )
+
+        return encode
 
     def model(self, resolved):
         from transformers import AutoModelForMaskedLM
@@ -366,15 +372,16 @@ class CausalLMTask(LanguageModelingTask):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the labels
 
-    def encode(self, texts):
-        # Each text ends with EOS: packed blocks then read "text <eos> text <eos> ...".
-        eos = self.tokenizer.eos_token_id
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        if not self.config.packing:
-            ids = [(x + [eos])[: self.max_length] for x in ids]
-        else:
-            ids = [x + [eos] for x in ids]
-        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
+    def encoder(self):
+        tokenizer, eos = self.tokenizer, self.tokenizer.eos_token_id
+        limit = None if self.config.packing else self.max_length
+
+        def encode(texts):
+            # Each text ends with EOS: packed blocks then read "text <eos> text <eos> ...".
+            ids = [(x + [eos])[:limit] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
+
+        return encode
 
     def model(self, resolved):
         from transformers import AutoModelForCausalLM

@@ -1,0 +1,166 @@
+"""The baseline: a plain Trainer script with the transformers example defaults, written as
+a user would without bgcli. Prints the Trainer's train metrics (and test accuracy) as JSON.
+
+- mlm / clm (run_mlm / run_clm): stock model loss over every token, fp32, texts grouped
+  into blocks;
+- classification (run_glue): padding to --max-length, fp32; `--padding dynamic
+  --group-by-length` is the same script with dynamic padding and length-grouped batches.
+
+    python bench/plain_trainer.py --task mlm|clm|classification --model DIR --data F.jsonl --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from itertools import chain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", choices=("mlm", "clm", "classification"), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--padding", choices=("max_length", "dynamic"), default="max_length")
+    parser.add_argument("--group-by-length", action="store_true")
+    parser.add_argument("--test", help="classification: JSONL with text,label to report accuracy on")
+    args = parser.parse_args()
+    if args.task == "classification":
+        classification(args)
+        return
+
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    raw = load_dataset("json", data_files=args.data, split="train")
+    if args.task == "mlm":
+        model = AutoModelForMaskedLM.from_pretrained(args.model)
+        tokenized = raw.map(
+            lambda b: tokenizer(b["text"], return_special_tokens_mask=True),
+            batched=True,
+            remove_columns=raw.column_names,
+        )
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+        eos = tokenizer.eos_token_id
+        tokenized = raw.map(
+            lambda b: {"input_ids": [ids + [eos] for ids in tokenizer(b["text"])["input_ids"]]},
+            batched=True,
+            remove_columns=raw.column_names,
+        )
+        collator = default_data_collator
+
+    block = args.block_size
+
+    def group_texts(examples):  # as in run_mlm.py / run_clm.py
+        joined = {k: list(chain(*examples[k])) for k in examples}
+        total = len(joined["input_ids"]) // block * block
+        result = {k: [t[i : i + block] for i in range(0, total, block)] for k, t in joined.items()}
+        if args.task == "clm":
+            result["labels"] = [ids.copy() for ids in result["input_ids"]]
+            result["attention_mask"] = [[1] * block for _ in result["input_ids"]]
+        return result
+
+    train = tokenized.map(group_texts, batched=True)
+    training_args = TrainingArguments(
+        output_dir=args.out,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    metrics = trainer.train().metrics
+    trainer.save_model(args.out)
+    print(json.dumps(metrics))
+
+
+def classification(args) -> None:
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    padding = "max_length" if args.padding == "max_length" else False
+
+    def tokenize(batch):
+        return tokenizer(batch["text"], padding=padding, truncation=True, max_length=args.max_length)
+
+    def load(path):
+        raw = load_dataset("json", data_files=path, split="train")
+        return raw.map(tokenize, batched=True, remove_columns=["text"])
+
+    training_args = TrainingArguments(
+        output_dir=args.out,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size * 2,
+        learning_rate=args.lr,
+        seed=args.seed,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+    )
+    collator = default_data_collator if padding else DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=load(args.data),
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    metrics = trainer.train().metrics
+    if args.test:
+        prediction = trainer.predict(load(args.test))
+        metrics["test_accuracy"] = float(
+            (np.argmax(prediction.predictions, -1) == prediction.label_ids).mean()
+        )
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()
