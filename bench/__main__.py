@@ -15,11 +15,16 @@ BENCHMARKS = ["startup", "inference", "training"]
 
 
 def markdown() -> str:
+    """Two tables: inference/start-up rows, then training rows (quality and MFU columns)."""
+    results = json.loads(RESULTS.read_text())
+    training = [r for r in results if "mfu_ours" in r.get("details", {})]
     lines = [
         "| benchmark | bgcli | baseline | unit | ratio | identical | agree | RSS MB | baseline is |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in json.loads(RESULTS.read_text()):
+    for r in results:
+        if r in training:
+            continue
         details = r.get("details", {})
         agree = next((v for k, v in details.items() if "agreement" in k or "fraction" in k), "")
         rss = details.get("ours_peak_rss_mb")
@@ -29,6 +34,21 @@ def markdown() -> str:
             f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio']}x | {same} "
             f"| {agree} | {rss_text} | {r['baseline_name']} |"
         )
+    if training:
+        lines += [
+            "",
+            "| training | bgcli | baseline | unit | ratio | quality bgcli / baseline | MFU bgcli / baseline "
+            "| baseline is |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in training:
+            d = r["details"]
+            quality = next(k.removesuffix("_ours") for k in d if k.endswith("_ours") and "mfu" not in k)
+            quality = f"{quality} {d[quality + '_ours']} / {d[quality + '_baseline']}"
+            lines.append(
+                f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio']}x | {quality} "
+                f"| {d['mfu_ours']:.0%} / {d['mfu_baseline']:.0%} | {r['baseline_name']} |"
+            )
     return "\n".join(lines)
 
 

@@ -18,14 +18,20 @@ HELP = "List, show and copy the ready-made fine-tuning recipes."
 
 
 def header_field(path: Path, field: str) -> str:
-    """A `# Field: value` line from the recipe's header comment."""
+    """A `# Field: value` entry of the recipe's header comment, with its indented
+    continuation lines (`#           more...`)."""
+    parts: list[str] = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         text = line.lstrip("# ").strip()
-        if text.lower().startswith(field.lower() + ":"):
-            return text.split(":", 1)[1].strip()
-    return ""
+        if parts and line.startswith("#  "):
+            parts.append(text)
+        elif parts:
+            break
+        elif text.lower().startswith(field.lower() + ":"):
+            parts.append(text.split(":", 1)[1].strip())
+    return " ".join(parts)
 
 
 def recipe_record(name: str) -> dict:
