@@ -286,12 +286,22 @@ def trainer_class(task):
     return BgcliTrainer
 
 
+def final_evaluation(trainer) -> dict[str, Any] | None:
+    """The Trainer already evaluated the final weights when its last evaluation fell on the
+    last step (and no best checkpoint was loaded after it): reuse it instead of a second pass."""
+    state = trainer.state
+    evals = [h for h in state.log_history if "eval_loss" in h]
+    if not evals or evals[-1].get("step") != state.global_step or trainer.args.load_best_model_at_end:
+        return None
+    return {k: v for k, v in evals[-1].items() if k.startswith("eval_") or k == "epoch"}
+
+
 def collect_metrics(config, trainer, result, eval_set, test_set, task, started: float) -> dict[str, Any]:
     import torch
 
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
     if eval_set is not None:
-        metrics["eval"] = trainer.evaluate(eval_set, metric_key_prefix="eval")
+        metrics["eval"] = final_evaluation(trainer) or trainer.evaluate(eval_set, metric_key_prefix="eval")
     if test_set is not None:
         prediction = trainer.predict(test_set, metric_key_prefix="test")
         metrics["test"] = dict(prediction.metrics)

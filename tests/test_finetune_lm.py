@@ -192,6 +192,35 @@ def test_tokenization_cache_does_not_depend_on_unrelated_flags(task_name, reques
     assert files[0] and files[0] == files[1]
 
 
+def test_whole_word_masks_and_unpacked_eval_rows(tiny_bert_dir):
+    """--whole-word-mask masks every sub-token of a chosen word or none; with --no-packing the
+    eval rows keep their own lengths and are masked one by one."""
+    from datasets import Dataset
+
+    from bertgpt_cli.tasks import MaskedLMTask
+
+    tokenizer = tokenizer_of(tiny_bert_dir)
+    long_words = [f"{t} unbelievably extraordinary performances" for t in TEXTS]
+    task = MaskedLMTask(
+        lm_config(task="mlm", packing=False, whole_word_mask=True, mlm_probability=0.3), tokenizer
+    )
+    records, _ = task.prepare(Dataset.from_dict({"text": long_words}), {})
+    masked = task.finalize(records, "eval")
+    assert [len(r) for r in masked["input_ids"]] == [len(r) for r in records["input_ids"]]
+    split_words = 0
+    for text, ids, labels in zip(long_words, records["input_ids"], masked["labels"], strict=True):
+        encoded = tokenizer(text)
+        assert encoded["input_ids"] == ids
+        word_ids = encoded.word_ids()
+        for word in set(w for w in word_ids if w is not None):
+            positions = [i for i, w in enumerate(word_ids) if w == word]
+            split_words += len(positions) > 1
+            chosen = {labels[i] != -100 for i in positions}
+            assert len(chosen) == 1, "a word was partly masked"
+    assert split_words > 0  # the check above saw multi-piece words
+    assert any(label != -100 for row in masked["labels"] for label in row)
+
+
 def test_mlm_needs_a_mask_token(cli, tiny_gpt2_dir, texts_file, tmp_path):
     result = lm_finetune(cli, "mlm", tiny_gpt2_dir, texts_file, tmp_path / "x")
     assert result.code == 2 and "no mask token" in result.stderr

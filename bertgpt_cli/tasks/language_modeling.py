@@ -139,6 +139,12 @@ class MaskedLMTask(LanguageModelingTask):
             raise UsageError(f"the tokenizer of '{config.model}' has no mask token; --task mlm needs one")
         self.head_created = False
         self.projection = None
+        if config.whole_word_mask:
+            import warnings
+
+            # transformers warns once per collator; say it once, in bgcli's words.
+            warnings.filterwarnings("ignore", message="Random token replacement is not supported")
+            info("--whole-word-mask: chosen words become [MASK] entirely (no random/kept 10%+10% for words)")
 
     def encoder(self):
         tokenizer, packing, whole_words = self.tokenizer, self.config.packing, self.config.whole_word_mask
