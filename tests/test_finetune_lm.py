@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -327,7 +326,7 @@ def test_clm_packing_joins_texts_with_eos(tiny_gpt2_dir):
     for text in TEXTS[:10]:
         stream += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
     assert [t for ids in packed["input_ids"] for t in ids] == stream[: len(packed) * 8]
-    assert SimpleNamespace(**task.run_info()).block_size == 8
+    assert task.run_info()["block_size"] == 8
 
 
 def test_a_killed_mlm_run_resumes_to_the_same_final_metrics(tiny_bert_dir, texts_file, tmp_path):
