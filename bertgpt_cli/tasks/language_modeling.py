@@ -9,6 +9,7 @@ are exact token averages and memory stays bounded however large the eval set is.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
@@ -137,7 +138,7 @@ class MaskedLMTask(LanguageModelingTask):
         super().__init__(config, tokenizer)
         if tokenizer.mask_token is None:
             raise UsageError(f"the tokenizer of '{config.model}' has no mask token; --task mlm needs one")
-        self.head_created = False
+        self.head_created = self.tied = False
         self.projection = None
         if config.whole_word_mask:
             import warnings
@@ -172,8 +173,9 @@ class MaskedLMTask(LanguageModelingTask):
         decoder = model.get_output_embeddings()
         missing = loading.get("missing_keys") or []
         tied = decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        # The decoder weight, when tied, is the (loaded) embedding, so only head keys are missing.
-        self.head_created = any(key.split(".")[0] not in (model.base_model_prefix,) for key in missing)
+        # Keys outside the encoder (e.g. "cls.predictions...") missing from the checkpoint: a new
+        # head. A tied decoder weight is the loaded embedding, so it is never among them.
+        self.head_created = any(key.split(".")[0] != model.base_model_prefix for key in missing)
         if self.head_created:
             tying = "its decoder is tied to the input embeddings" if tied else "its decoder is untied"
             info(f"'{resolved.spec}' has no masked-LM head: created one ({tying})")
@@ -295,10 +297,11 @@ class MaskedLMTask(LanguageModelingTask):
         return out
 
     def run_info(self) -> dict[str, Any]:
+        head = "from the checkpoint"
+        if self.head_created:
+            head = "created, decoder tied to the input embeddings" if self.tied else "created"
         return {
-            "head": "created, decoder tied to the input embeddings"
-            if self.head_created and self.tied
-            else ("created" if self.head_created else "from the checkpoint"),
+            "head": head,
             "perplexity_protocol": (
                 f"exp(mean cross-entropy over the masked tokens of the eval set); "
                 f"{self.config.mlm_probability:.0%} of tokens masked 80/10/10 with fixed seed "
@@ -349,17 +352,13 @@ class MaskedPositionsProjection:
             return None
         return (args[0][self.selected],)
 
+    @contextmanager
     def only(self, selected):
-        projection = self
-
-        class Scope:
-            def __enter__(self):
-                projection.selected = selected
-
-            def __exit__(self, *exc):
-                projection.selected = None
-
-        return Scope()
+        self.selected = selected
+        try:
+            yield
+        finally:
+            self.selected = None
 
 
 class CausalLMTask(LanguageModelingTask):
