@@ -211,9 +211,7 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
         from .progress import RichProgressCallback
 
         callbacks.append(RichProgressCallback())
-    if config.class_weights == "auto":
-        if not hasattr(task, "use_class_weights"):
-            raise UsageError(f"--class-weights auto applies to classification, not --task {task.name}")
+    if config.class_weights == "auto":  # classification only: validate() refused it for the others
         task.use_class_weights(train_set)
     trainer = trainer_class(task)(
         model=model,

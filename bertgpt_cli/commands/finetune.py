@@ -185,6 +185,8 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError(f"--eval-every must be a number of steps or 'epoch', not '{config.eval_every}'")
     if not 0 <= config.eval_split < 1:
         raise UsageError("--eval-split must be in [0, 1)")
+    if config.class_weights == "auto" and config.task != "classification":
+        raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")
     if not 0 < config.mlm_probability < 1:
         raise UsageError("--mlm-probability must be between 0 and 1 (BERT used 0.15)")
     if config.block_size is not None and config.block_size < 2:
