@@ -82,18 +82,7 @@ def main() -> None:
         return result
 
     train = tokenized.map(group_texts, batched=True)
-    training_args = TrainingArguments(
-        output_dir=args.out,
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        seed=args.seed,
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        logging_steps=1000,
-    )
+    training_args = TrainingArguments(**common_settings(args), max_steps=args.steps)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -104,6 +93,21 @@ def main() -> None:
     metrics = trainer.train().metrics
     trainer.save_model(args.out)
     print(json.dumps(metrics))
+
+
+def common_settings(args) -> dict:
+    """Trainer defaults except what the comparison fixes: batch, lr, seed, CPU, no saving/logging."""
+    return dict(
+        output_dir=args.out,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+    )
 
 
 def classification(args) -> None:
@@ -132,17 +136,9 @@ def classification(args) -> None:
         return raw.map(tokenize, batched=True, remove_columns=["text"])
 
     training_args = TrainingArguments(
-        output_dir=args.out,
+        **common_settings(args),
         num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size * 2,
-        learning_rate=args.lr,
-        seed=args.seed,
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        logging_steps=1000,
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
     )
     collator = default_data_collator if padding else DataCollatorWithPadding(tokenizer)

@@ -17,6 +17,7 @@ counted) / the bf16 matmul peak measured here at the start of the run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -115,26 +116,15 @@ def flops_per_token(task: str, model_dir: Path) -> float:
     """6 x the parameters each real token goes through in training (forward + backward).
     Embedding lookups cost nothing; the vocabulary projection counts where it is needed: every
     token for clm, the 15% masked ones for mlm, none for classification."""
+    from safetensors import safe_open
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
-    from safetensors import safe_open
-
-    total = 0
     with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
-        for name in weights.keys():
-            if "embed" not in name:
-                total += _numel(weights, name)
+        total = sum(math.prod(weights.get_slice(n).get_shape()) for n in weights.keys() if "embed" not in n)
     projection = config.hidden_size * config.vocab_size
     share = {"classification": 0.0, "mlm": 0.15, "clm": 1.0}[task]
     return 6 * (total + share * projection)
-
-
-def _numel(weights, name: str) -> int:
-    size = 1
-    for dim in weights.get_slice(name).get_shape():
-        size *= dim
-    return size
 
 
 def classification_files() -> tuple[Path, Path]:

@@ -35,35 +35,33 @@ def bare_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     return folder
 
 
+def lm_args(task: str, model_dir: Path, data: Path, max_steps: int = 12, eval_every: int = 6) -> list[str]:
+    """The tiny-model LM run shared by these tests: 16-token blocks, 20% held out."""
+    return [
+        "finetune",
+        "--task",
+        task,
+        "-m",
+        str(model_dir),
+        "--train-data",
+        str(data),
+        "--eval-split",
+        "0.2",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--max-steps",
+        str(max_steps),
+        "--eval-every",
+        str(eval_every),
+    ]
+
+
 def lm_finetune(cli, task: str, model_dir: Path, data: Path, out: Path, *extra: str):
-    return cli(
-        [
-            "finetune",
-            "--task",
-            task,
-            "-m",
-            str(model_dir),
-            "--train-data",
-            str(data),
-            "--eval-split",
-            "0.2",
-            "--block-size",
-            "16",
-            "--batch-size",
-            "4",
-            "--lr",
-            "3e-3",
-            "--max-steps",
-            "12",
-            "--eval-every",
-            "6",
-            "--output",
-            str(out),
-            "--format",
-            "jsonl",
-            *extra,
-        ]
-    )
+    return cli([*lm_args(task, model_dir, data), "--output", str(out), "--format", "jsonl", *extra])
 
 
 def lm_config(**overrides):
@@ -333,29 +331,7 @@ def test_a_killed_mlm_run_resumes_to_the_same_final_metrics(tiny_bert_dir, texts
     from .test_finetune import kill_after_first_checkpoint_and_resume
 
     got, want = kill_after_first_checkpoint_and_resume(
-        tmp_path,
-        [
-            "finetune",
-            "--task",
-            "mlm",
-            "-m",
-            str(tiny_bert_dir),
-            "--train-data",
-            str(texts_file),
-            "--eval-split",
-            "0.2",
-            "--block-size",
-            "16",
-            "--batch-size",
-            "4",
-            "--lr",
-            "3e-3",
-            "--max-steps",
-            "40",
-            "--eval-every",
-            "10",
-        ],
-        first_checkpoint=10,
+        tmp_path, lm_args("mlm", tiny_bert_dir, texts_file, max_steps=40, eval_every=10), first_checkpoint=10
     )
     for key in ("eval_loss", "eval_top1_accuracy", "eval_top5_accuracy"):
         assert got["eval"][key] == pytest.approx(want["eval"][key], rel=1e-5, abs=1e-7), key
