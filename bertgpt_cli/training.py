@@ -23,12 +23,16 @@ def train(config, run_dir: Path) -> dict[str, Any]:
 
     started = time.time()
     set_seed(config.seed)
-    resolved = resolve_model_options(config)
-    tokenizer = load_tokenizer(resolved)
-    task = TASKS[config.task](config, tokenizer)
-    train_set, eval_set, test_set = load_splits(config, task)
+    args = training_arguments(config, TASKS[config.task], run_dir)  # joins torchrun's process group
+    # Rank 0 first: it converts built-in models and fills the datasets cache; the other ranks
+    # then read both instead of writing the same files at the same time.
+    with args.main_process_first(desc="model and data preparation"):
+        resolved = resolve_model_options(config)
+        tokenizer = load_tokenizer(resolved)
+        task = TASKS[config.task](config, tokenizer)
+        train_set, eval_set, test_set = load_splits(config, task)
     model = task.model(resolved)
-    trainer = build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir)
+    trainer = build_trainer(config, task, model, tokenizer, args, train_set, eval_set)
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
         write_config(config, run_dir)  # first: an interrupted run can be resumed from it
@@ -44,7 +48,17 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         metrics["samples_after"] = task.samples(trainer.model)
     save_run(config, task, trainer, tokenizer, run_dir, metrics)
+    leave_process_group(args)
     return metrics
+
+
+def leave_process_group(args) -> None:
+    """Every rank waits for rank 0 to finish writing, then the group is torn down on purpose:
+    a worker that exits with its gloo group still alive can abort (SIGABRT) at shutdown."""
+    state = args.distributed_state
+    if state is not None and state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, Any]:
@@ -156,13 +170,14 @@ def pick_precision(config) -> str:
     return "bf16" if cpu_bf16_units() and config.device in ("auto", "cpu") else "fp32"
 
 
-def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: Path):
-    from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments
+def training_arguments(config, task, run_dir: Path):
+    """The Trainer's settings; `task` may be the task class (only its defaults are read)."""
+    from transformers import TrainingArguments
 
     precision = pick_precision(config)
     by_epoch = config.eval_every == "epoch"
     strategy = "epoch" if by_epoch else "steps"
-    has_eval = eval_set is not None
+    has_eval = bool(config.eval_data) or config.eval_split > 0  # as load_splits decides
     metric, greater_is_better = best_metric(config, task)
     settings = dict(
         output_dir=str(run_dir),
@@ -203,9 +218,15 @@ def build_trainer(config, task, model, tokenizer, train_set, eval_set, run_dir: 
         remove_unused_columns=False,
     )
     try:
-        args = TrainingArguments(**settings)
+        return TrainingArguments(**settings)
     except ValueError as exc:  # an impossible combination, e.g. fp16 without a GPU
         raise UsageError(f"invalid training setup: {first_line(exc)}") from exc
+
+
+def build_trainer(config, task, model, tokenizer, args, train_set, eval_set):
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    has_eval = eval_set is not None
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
     if not VERBOSITY.quiet:
         from .progress import RichProgressCallback
