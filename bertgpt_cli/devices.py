@@ -27,3 +27,26 @@ def cpu_model() -> str:
 def cpu_bf16_units() -> list[str]:
     """Native bf16 instructions; without them bf16 is emulated and slower than fp32."""
     return sorted(set(_cpuinfo_field("flags").split()) & BF16_UNITS)
+
+
+# glibc mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+KEEP_FREE_BYTES = 1 << 30
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Keep freed memory in the process for reuse instead of handing it back to the OS.
+
+    glibc serves every allocation over 32 MB with a fresh mmap and unmaps it on free, so a
+    CPU training step that allocates the same big buffers every time (logits, embedding
+    gradients) page-faults them all back in, step after step. Serving them from the heap
+    and keeping up to KEEP_FREE_BYTES of freed memory made smollm2 CLM steps ~15% faster
+    here for ~7% more peak RSS (README, Training speed). Returns False off glibc (no-op)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREE_BYTES))
+    except (OSError, AttributeError):
+        return False

@@ -11,7 +11,7 @@ from typing import Any
 from .atomic import write_text_atomically
 from .console import VERBOSITY, info
 from .data import load_data
-from .devices import cpu_bf16_units
+from .devices import cpu_bf16_units, reuse_freed_memory
 from .errors import UsageError, first_line
 from .model_resolution import load_tokenizer, resolve_model_options
 from .recipes import recipe_values
@@ -22,6 +22,7 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     from transformers import set_seed
 
     started = time.time()
+    reuse_freed_memory()
     set_seed(config.seed)
     args = training_arguments(config, TASKS[config.task], run_dir)  # joins torchrun's process group
     # Rank 0 first: it converts built-in models and fills the datasets cache; the other ranks

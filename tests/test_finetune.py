@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -445,3 +446,32 @@ def test_two_processes_really_run_and_only_rank_0_writes(tiny_bert_dir, reviews,
     train_two = json.loads((tmp_path / "two" / "metrics.json").read_text())["train"]["train_loss"]
     train_one = json.loads((tmp_path / "one" / "metrics.json").read_text())["train"]["train_loss"]
     assert train_two == pytest.approx(train_one, rel=0.2)  # same scale, not doubled
+
+
+RSS_AFTER_FREE = """
+import sys
+from bertgpt_cli.devices import reuse_freed_memory
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+before = rss_mb()
+block = bytearray(64 * 2**20)  # zero-filled, so every page is touched
+del block
+print(round(rss_mb() - before))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_training_keeps_freed_memory_for_reuse():
+    """After reuse_freed_memory() (called by train) a freed 64 MB buffer stays in the process,
+    ready for the next step; by default glibc unmaps it at once."""
+    import subprocess
+
+    def kept_mb(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert kept_mb("default") < 8
+    assert kept_mb("reuse") >= 60

@@ -295,6 +295,56 @@ def test_clm_eval_loss_is_the_exact_token_average(tiny_gpt2_dir):
     assert stats[:, 0].sum().item() / tokens == pytest.approx(sum(losses) / tokens, rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_cross_entropy_equals_the_stock_one_values_and_gradients(dtype, monkeypatch):
+    """Several chunks (CHUNK_ELEMENTS made small), ignored targets, bf16 and fp32 logits."""
+    import torch
+    import torch.nn.functional as F
+
+    from bertgpt_cli.tasks import token_loss
+
+    monkeypatch.setattr(token_loss, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows per chunk: 4 chunks
+    torch.manual_seed(0)
+    logits = (torch.randn(11, 50) * 4).to(getattr(torch, dtype))
+    targets = torch.randint(0, 50, (11,))
+    targets[[2, 7]] = -100
+    weights = torch.rand(11)
+    ours_in, stock_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = token_loss.token_cross_entropy(ours_in, targets)
+    stock = F.cross_entropy(stock_in.float(), targets, reduction="none", ignore_index=-100)
+    (ours * weights).sum().backward()
+    (stock * weights).sum().backward()
+    assert ours.dtype == torch.float32 and ours[[2, 7]].eq(0).all()
+    assert torch.allclose(ours, stock, atol=1e-5)
+    assert ours_in.grad.dtype == logits.dtype and ours_in.grad[[2, 7]].eq(0).all()
+    assert torch.allclose(
+        ours_in.grad.float(), stock_in.grad.float(), atol=1e-6 if dtype == "float32" else 1e-2
+    )
+
+
+def test_clm_training_loss_equals_the_stock_model_loss(tiny_gpt2_dir):
+    """compute_loss (chunked cross-entropy on shift_labels) = the model's own loss, gradients too."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bertgpt_cli.tasks import CausalLMTask
+
+    tokenizer = tokenizer_of(tiny_gpt2_dir)
+    task = CausalLMTask(lm_config(task="clm", packing=False), tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    batch = task.collator()([{"input_ids": tokenizer(t)["input_ids"]} for t in TEXTS[:6]])
+    ours = task.compute_loss(model, batch, None)
+    ours.backward()
+    ours_grad = model.transformer.wte.weight.grad.clone()
+    model.zero_grad()
+    stock = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
+    stock.backward()
+    assert ours.item() == pytest.approx(stock.item(), rel=1e-5)
+    assert torch.allclose(ours_grad, model.transformer.wte.weight.grad, atol=1e-6)
+
+
 def test_clm_labels_mask_padding_but_keep_eos(tiny_gpt2_dir):
     from bertgpt_cli.tasks import CausalLMTask
 
@@ -309,6 +359,8 @@ def test_clm_labels_mask_padding_but_keep_eos(tiny_gpt2_dir):
     assert batch["labels"][0, short - 1].item() == tokenizer.eos_token_id  # the real EOS counts
     assert (batch["labels"][0, short:] == -100).all()  # padding does not
     assert (batch["labels"][1] == batch["input_ids"][1]).all()
+    assert (batch["shift_labels"][:, :-1] == batch["labels"][:, 1:]).all()  # next-token targets
+    assert (batch["shift_labels"][:, -1] == -100).all()
 
 
 def test_clm_packing_joins_texts_with_eos(tiny_gpt2_dir):

@@ -17,6 +17,7 @@ from ..console import info, warn
 from ..data import require_columns
 from ..errors import UsageError
 from .base import Task
+from .token_loss import token_cross_entropy
 
 # Eval masking uses its own fixed seed, so runs with different --seed compare on the same masks.
 EVAL_MASKING_SEED = 0
@@ -247,15 +248,12 @@ class MaskedLMTask(LanguageModelingTask):
 
     def masked_token_losses(self, model, inputs):
         """Loss per masked token; the vocabulary projection runs at masked positions only."""
-        import torch
-
         labels = inputs["labels"]
         selected = labels != -100
         with self.projection.only(selected):
             logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         targets = labels[selected]
-        losses = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-        return losses, logits, targets, selected
+        return token_cross_entropy(logits, targets), logits, targets, selected
 
     def compute_loss(self, model, inputs, num_items_in_batch):
         losses, *_ = self.masked_token_losses(model, inputs)
@@ -402,28 +400,28 @@ class CausalLMTask(LanguageModelingTask):
         return CausalLMCollator(self.tokenizer)
 
     def next_token_losses(self, model, inputs):
-        import torch
-
+        """Loss per position against the next token (the collator's shift_labels; -100 where
+        there is none): the logits stay in the model's dtype, see token_loss."""
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        labels = inputs["labels"][:, 1:]
-        predicted = logits[:, :-1]
-        losses = torch.nn.functional.cross_entropy(
-            predicted.float().reshape(-1, predicted.shape[-1]),
-            labels.reshape(-1),
-            reduction="none",
-            ignore_index=-100,
-        ).view(labels.shape)
-        return losses, predicted, labels
+        targets = inputs["shift_labels"]
+        losses = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return losses.view(targets.shape), logits, targets
+
+    def compute_loss(self, model, inputs, num_items_in_batch):
+        losses, _, targets = self.next_token_losses(model, inputs)
+        # The Trainer counts shift_labels for num_items_in_batch (all accumulated batches).
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
+        return losses.sum() / count
 
     def prediction_step(self, model, inputs):
         import torch
 
-        losses, predicted, labels = self.next_token_losses(model, inputs)
-        valid = labels != -100
+        losses, logits, targets = self.next_token_losses(model, inputs)
+        valid = targets != -100
         rows = valid.nonzero(as_tuple=True)[0]
-        hits = predicted.argmax(dim=-1)[valid] == labels[valid]
+        hits = logits.argmax(dim=-1)[valid] == targets[valid]
         token_losses = losses[valid]
-        stats = self.per_example(rows, len(labels), [token_losses, torch.ones_like(token_losses), hits])
+        stats = self.per_example(rows, len(targets), [token_losses, torch.ones_like(token_losses), hits])
         mean = token_losses.mean() if len(token_losses) else token_losses.sum()
         return mean, stats, stats[:, 1]
 
@@ -466,7 +464,9 @@ class CausalLMTask(LanguageModelingTask):
 
 class CausalLMCollator:
     """Pads (right) and sets labels = input ids, with -100 on padding only: when pad == EOS
-    the real EOS tokens still count, unlike DataCollatorForLanguageModeling(mlm=False)."""
+    the real EOS tokens still count, unlike DataCollatorForLanguageModeling(mlm=False).
+    shift_labels[:, i] = labels[:, i + 1] (-100 at the end) are the next-token targets; the
+    Trainer also counts them for the loss normalisation."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -483,4 +483,10 @@ class CausalLMCollator:
             input_ids[row, :n] = torch.tensor(feature["input_ids"])
             attention[row, :n] = 1
         labels = input_ids.masked_fill(attention == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "shift_labels": shift_labels,
+        }
