@@ -111,6 +111,18 @@ class LanguageModelingTask(Task):
 
         return compute
 
+    def training_losses(self, model, inputs) -> tuple[Any, Any]:
+        """Per-token losses of a training batch (0 where ignored) and its real-token count."""
+        raise NotImplementedError
+
+    def compute_loss(self, model, inputs, num_items_in_batch):
+        losses, tokens = self.training_losses(model, inputs)
+        # With num_items_in_batch (the real tokens of all accumulated batches: masked ones for
+        # mlm, shift_labels for clm) the Trainer expects a sum over it and skips its own
+        # division by --grad-accum.
+        count = num_items_in_batch if num_items_in_batch is not None else tokens.clamp(min=1)
+        return losses.sum() / count
+
     @staticmethod
     def per_example(rows, batch_size: int, columns: list) -> Any:
         """Sum token-level values into one row per example: batch-first, so the Trainer can
@@ -255,12 +267,9 @@ class MaskedLMTask(LanguageModelingTask):
         targets = labels[selected]
         return token_cross_entropy(logits, targets), logits, targets, selected
 
-    def compute_loss(self, model, inputs, num_items_in_batch):
+    def training_losses(self, model, inputs):
         losses, *_ = self.masked_token_losses(model, inputs)
-        # With num_items_in_batch (all masked tokens of the accumulated batches) the Trainer
-        # expects a sum over it and skips its own division by --grad-accum.
-        count = num_items_in_batch if num_items_in_batch is not None else max(len(losses), 1)
-        return losses.sum() / count
+        return losses, losses.new_tensor(len(losses))
 
     def prediction_step(self, model, inputs):
         import torch
@@ -407,11 +416,9 @@ class CausalLMTask(LanguageModelingTask):
         losses = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return losses.view(targets.shape), logits, targets
 
-    def compute_loss(self, model, inputs, num_items_in_batch):
+    def training_losses(self, model, inputs):
         losses, _, targets = self.next_token_losses(model, inputs)
-        # The Trainer counts shift_labels for num_items_in_batch (all accumulated batches).
-        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
-        return losses.sum() / count
+        return losses, (targets != -100).sum()
 
     def prediction_step(self, model, inputs):
         import torch

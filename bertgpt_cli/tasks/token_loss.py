@@ -11,6 +11,7 @@ chunk except the gradient itself, written once in the logits' dtype.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -28,6 +29,7 @@ def token_cross_entropy(logits: Any, targets: Any) -> Any:
     return _chunked_cross_entropy().apply(logits, targets)
 
 
+@functools.cache  # one Function class, built on first use (torch is imported lazily)
 def _chunked_cross_entropy():
     import torch
 
