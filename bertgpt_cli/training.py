@@ -49,17 +49,27 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         metrics["samples_after"] = task.samples(trainer.model)
     save_run(config, task, trainer, tokenizer, run_dir, metrics)
-    leave_process_group(args)
+    leave_process_group(args, trainer)
     return metrics
 
 
-def leave_process_group(args) -> None:
-    """Every rank waits for rank 0 to finish writing, then the group is torn down on purpose:
-    a worker that exits with its gloo group still alive can abort (SIGABRT) at shutdown."""
+def leave_process_group(args, trainer) -> None:
+    """Tear the process group down on purpose, every rank together, after rank 0 has written.
+
+    The DDP wrapper's reducer holds the gloo group. Left to the garbage collector, the group's
+    destructor ran later on one rank alone, after the other had exited, and hung there (seen
+    in a 2-process test: rank 1 blocked in ~ProcessGroupGloo) or aborted at exit (SIGABRT, CI).
+    So the wrapper is freed first, while every rank is still here."""
+    import gc
+
     state = args.distributed_state
-    if state is not None and state.num_processes > 1:
-        state.wait_for_everyone()
-        state.destroy_process_group()
+    if state is None or state.num_processes <= 1:
+        return
+    trainer.model_wrapped = trainer.model
+    trainer.accelerator.free_memory()  # drops its prepared (wrapped) models, optimizers, loaders
+    gc.collect()
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, Any]:

@@ -164,6 +164,32 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Llama (bias-free nn.Linear layers, grouped KV heads, as in SmolLM2)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = _byte_level_tokenizer()
+    eos = tokenizer.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _tiny_classifier(folder: Path, tokenizer_dir: Path, labels: list[str], multi_label: bool) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification

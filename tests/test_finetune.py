@@ -398,6 +398,30 @@ def test_class_weights_are_inverse_frequency(tiny_bert_dir):
     assert weights == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
 
 
+def test_the_ddp_wrapper_is_freed_before_the_group_is_torn_down():
+    """Its reducer holds the gloo group: freed later, on one rank alone, the group's destructor
+    hung (a 2-process test, rank 1 in ~ProcessGroupGloo) or aborted (CI)."""
+    from types import SimpleNamespace
+
+    from bertgpt_cli.training import leave_process_group
+
+    events = []
+    model, wrapped = object(), object()
+    trainer = SimpleNamespace(model=model, model_wrapped=wrapped)
+    trainer.accelerator = SimpleNamespace(
+        free_memory=lambda: events.append(("free_memory", trainer.model_wrapped is model))
+    )
+    state = SimpleNamespace(
+        num_processes=2,
+        wait_for_everyone=lambda: events.append(("wait", None)),
+        destroy_process_group=lambda: events.append(("destroy", None)),
+    )
+    leave_process_group(SimpleNamespace(distributed_state=state), trainer)
+    assert events == [("free_memory", True), ("wait", None), ("destroy", None)]
+    one_process = SimpleNamespace(distributed_state=SimpleNamespace(num_processes=1))
+    leave_process_group(one_process, SimpleNamespace(model_wrapped=wrapped))  # nothing to tear down
+
+
 def test_two_processes_really_run_and_only_rank_0_writes(tiny_bert_dir, reviews, tmp_path):
     """--num-processes 2 relaunches under torchrun (gloo on CPU): world size 2, one run dir,
     and a loss on the same scale as one process (not multiplied by the world size)."""

@@ -112,18 +112,19 @@ def test_mlm_creates_a_tied_head_says_so_and_loads_in_fill_mask(cli, mlm_run):
 def test_mlm_metrics_are_token_level_and_training_helped(mlm_run):
     out, summary, _ = mlm_run
     metrics = json.loads((out / "metrics.json").read_text())
+    shown = json.dumps({k: metrics[k] for k in ("before", "eval", "samples_after")})  # on failure
     for split in ("before", "eval"):
         values = metrics[split]
         assert values[f"{split}_perplexity"] == pytest.approx(math.exp(values[f"{split}_loss"]), rel=1e-6)
-        assert 0 <= values[f"{split}_top1_accuracy"] <= values[f"{split}_top5_accuracy"] <= 1
-    assert metrics["eval"]["eval_loss"] < metrics["before"]["before_loss"]
+        assert 0 <= values[f"{split}_top1_accuracy"] <= values[f"{split}_top5_accuracy"] <= 1, shown
+    assert metrics["eval"]["eval_loss"] < metrics["before"]["before_loss"], shown
     # the same fixed masks before and after: the same number of scored tokens
-    assert metrics["eval"]["eval_tokens"] == metrics["before"]["before_tokens"] > 0
+    assert metrics["eval"]["eval_tokens"] == metrics["before"]["before_tokens"] > 0, shown
     assert "fixed seed" in metrics["run"]["perplexity_protocol"]
     assert metrics["run"]["head"].startswith("created")
     assert summary["eval_top5_accuracy"] == pytest.approx(metrics["eval"]["eval_top5_accuracy"], abs=1e-4)
     samples = metrics["samples_after"]
-    assert samples and all(len(s["output"].split(", ")) == 5 for s in samples)
+    assert samples and all(len(s["output"].split(", ")) == 5 for s in samples), shown
 
 
 def test_masked_positions_loss_equals_the_stock_model_loss(tiny_bert_dir):

@@ -36,15 +36,18 @@ def generate_alone(model_dir, prompts, max_new_tokens):
     return texts
 
 
-@pytest.mark.parametrize("batch_size", ["1", "3", "16"])
-def test_batched_greedy_equals_each_prompt_alone(cli, tiny_gpt2_dir, batch_size):
+@pytest.mark.parametrize(
+    ("model", "batch_size"), [("gpt2", "1"), ("gpt2", "3"), ("gpt2", "16"), ("llama", "3")]
+)
+def test_batched_greedy_equals_each_prompt_alone(cli, request, model, batch_size):
+    model_dir = request.getfixturevalue(f"tiny_{model}_dir")  # GPT-2 (Conv1D), Llama (nn.Linear)
     result = cli(
-        ["generate", "-m", str(tiny_gpt2_dir), "--max-new-tokens", "12", "--batch-size", batch_size, *PROMPTS]
+        ["generate", "-m", str(model_dir), "--max-new-tokens", "12", "--batch-size", batch_size, *PROMPTS]
     )
     assert result.code == 0, result.stderr
     ours = records(result.stdout)
     assert [r["prompt"] for r in ours] == PROMPTS  # input order
-    assert [r["completion"] for r in ours] == generate_alone(tiny_gpt2_dir, PROMPTS, 12)
+    assert [r["completion"] for r in ours] == generate_alone(model_dir, PROMPTS, 12)
     assert all(r["generated_tokens"] == 12 and r["finish_reason"] == "length" for r in ours)
 
 
