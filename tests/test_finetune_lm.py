@@ -85,9 +85,9 @@ def mlm_run(tmp_path_factory, bare_encoder_dir, texts_file):
     from .conftest import run_cli
 
     out = tmp_path_factory.mktemp("runs") / "mlm"
-    # 30 steps: the fixture tokenizer's ids differ from run to run (WordPiece training numbers
-    # ties in hash order), and after 12 steps the 13 scored eval tokens once came out worse
-    # (5.232 -> 5.255); after 30 steps six differently numbered runs all gained 0.14-0.65.
+    # 30 steps, not 12: with only 13 scored eval tokens, 12 steps once came out worse (5.232 ->
+    # 5.255, when the fixture vocabulary still changed per process); at 30 steps six different
+    # vocabularies all gained 0.14-0.65, so "training helped" does not hang on one lucky draw.
     result = lm_finetune(
         run_cli, "mlm", bare_encoder_dir, texts_file, out, "--eval-before", max_steps=30, eval_every=15
     )
