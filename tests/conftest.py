@@ -148,54 +148,42 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def _tiny_causal_lm(tmp_path_factory, name: str, config_class, model_class, **sizes) -> Path:
+    """A random causal LM saved with the byte-level BPE tokenizer (bos = eos, no pad token)."""
+    import torch
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp(name)
+    tokenizer = _byte_level_tokenizer()
+    eos = tokenizer.eos_token_id
+    config = config_class(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, **sizes)
+    model_class(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     """A random 2-layer GPT-2 with a byte-level BPE tokenizer and no pad token."""
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tokenizer = _byte_level_tokenizer()
-    eos = tokenizer.eos_token_id
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eos,
-        eos_token_id=eos,
-    )
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    sizes = {"n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2}
+    return _tiny_causal_lm(tmp_path_factory, "tiny-gpt2", GPT2Config, GPT2LMHeadModel, **sizes)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A random 2-layer Llama (bias-free nn.Linear layers, grouped KV heads, as in SmolLM2)."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = _byte_level_tokenizer()
-    eos = tokenizer.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=eos,
-        eos_token_id=eos,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    sizes = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 64,
+    }
+    sizes |= {"num_attention_heads": 4, "num_key_value_heads": 2}
+    return _tiny_causal_lm(tmp_path_factory, "tiny-llama", LlamaConfig, LlamaForCausalLM, **sizes)
 
 
 def _tiny_classifier(folder: Path, tokenizer_dir: Path, labels: list[str], multi_label: bool) -> Path:
