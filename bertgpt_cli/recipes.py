@@ -12,8 +12,17 @@ from typing import Any
 from .errors import UsageError, first_line
 from .options import config_fields
 
-# Recipes ship in the repository's recipes/ (beside the package); BGCLI_RECIPES adds a folder.
-PACKAGE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+def _package_recipes() -> Path:
+    """The recipes that ship with bgcli: a wheel carries the repository's top-level recipes/
+    as bertgpt_cli/builtin_recipes/ (see pyproject.toml); a source checkout or editable
+    install reads recipes/ beside the package."""
+    here = Path(__file__).resolve().parent
+    installed = here / "builtin_recipes"
+    return installed if installed.is_dir() else here.parent / "recipes"
+
+
+PACKAGE_RECIPES = _package_recipes()  # BGCLI_RECIPES names one more folder, searched first
 
 
 def recipe_dirs() -> list[Path]:
