@@ -4,7 +4,7 @@ choice, model loading, and length-sorted batches that are written back in input 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .console import info, warn
@@ -72,8 +72,10 @@ def load_for_inference(
     task: str,
     check: Callable[[Any, Any], None] | None = None,
     tokenizer_kwargs: dict | None = None,
+    trained_by: str = "bgcli finetune",
 ):
-    """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device."""
+    """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device.
+    `trained_by` is the command that makes such a model, named when the weights are missing."""
 
     from .model_resolution import load_config
 
@@ -84,10 +86,31 @@ def load_for_inference(
     device = pick_device(speed.device)
     dtype = pick_dtype(speed.precision, device)
     tokenizer = load_tokenizer(resolved, **(tokenizer_kwargs or {}))
-    model = load_model(resolved, auto_class, task, config=config, dtype=dtype)
+    model, loading = load_model(
+        resolved, auto_class, task, config=config, dtype=dtype, output_loading_info=True
+    )
+    missing = loading.get("missing_keys") or ()
+    refuse_random_weights(resolved.spec, task, missing, model.base_model_prefix, trained_by)
     model.to(device).eval()
     info(f"{task}: {resolved.spec} on {device} ({str(dtype).removeprefix('torch.')})")
     return model, tokenizer
+
+
+def refuse_random_weights(
+    spec: str, task: str, missing: Iterable[str], base_prefix: str, trained_by: str
+) -> None:
+    """transformers fills weights missing from a checkpoint with random values and goes on;
+    at inference that gives confident-looking noise (fill-mask on a bare encoder such as minilm,
+    whose checkpoint has no MLM head), so it is one clear line instead. Head weights (outside
+    the `base_prefix` encoder, e.g. "cls.predictions.bias") are named first: they tell why."""
+    missing = sorted(missing, key=lambda key: (key.split(".")[0] == base_prefix, key))
+    if missing:
+        more = f" and {len(missing) - 1} more weights" if len(missing) > 1 else ""
+        raise UsageError(
+            f"model '{spec}' has no trained weights for {task} ({missing[0]}{more} not in the "
+            f"checkpoint: they would be random); pass a model trained for {task}, or train one "
+            f"with `{trained_by}`"
+        )
 
 
 def length_sorted(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:

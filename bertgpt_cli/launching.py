@@ -19,6 +19,10 @@ def is_distributed_worker() -> bool:
     return "LOCAL_RANK" in os.environ or "RANK" in os.environ
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 

@@ -4,6 +4,7 @@ on the fly, and a helper that runs the CLI as a user does (exit code, stdout, st
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,19 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     config = BertConfig(**tiny_bert_sizes(tokenizer))
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """The tiny BERT's encoder alone (a BertModel checkpoint: no MLM or classification head),
+    like the built-in minilm."""
+    from transformers import BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    BertForMaskedLM.from_pretrained(tiny_bert_dir).bert.save_pretrained(folder)
+    shutil.copy(tiny_bert_dir / "tokenizer.json", folder)
+    shutil.copy(tiny_bert_dir / "tokenizer_config.json", folder)
     return folder
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -57,6 +58,18 @@ def test_multi_label_gives_labels_above_threshold(cli, tiny_multilabel_dir):
 def test_an_encoder_without_a_classification_head_is_refused(cli, tiny_bert_dir):
     result = cli(["classify", "-m", str(tiny_bert_dir), "hello"])
     assert result.code == 2 and "has no trained classification head" in result.stderr
+
+
+def test_a_classifier_config_without_its_head_weights_is_refused(cli, tiny_encoder_dir, tmp_path):
+    # the config claims a classifier (so the architecture check passes), the weights lack the head
+    folder = tmp_path / "headless"
+    shutil.copytree(tiny_encoder_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["BertForSequenceClassification"], id2label={"0": "neg", "1": "pos"})
+    (folder / "config.json").write_text(json.dumps(config))
+    result = cli(["classify", "-m", str(folder), "hello"])
+    assert result.code == 2 and result.stdout == ""
+    assert "no trained weights for text classification (classifier." in result.stderr
 
 
 def test_model_is_required(cli):

@@ -99,6 +99,15 @@ def test_a_causal_lm_cannot_fill_masks(cli, tiny_gpt2_dir):
     assert result.stderr.strip().count("\n") == 0 and "cannot do fill-mask" in result.stderr
 
 
+def test_an_encoder_without_an_mlm_head_is_refused_not_guessed(cli, tiny_encoder_dir):
+    # transformers would load it with a random head and print confident-looking noise
+    result = cli(["fill-mask", "-m", str(tiny_encoder_dir), "the [MASK]"])
+    assert result.code == 2 and result.stdout == ""
+    error = result.stderr.strip().splitlines()[-1]  # one line (after the weight-loading bar)
+    assert error.startswith("error: ") and "no trained weights for fill-mask (cls.predictions" in error
+    assert "bgcli finetune --task mlm" in error
+
+
 def test_bf16_runs_and_mostly_agrees(cli, tiny_bert_dir):
     fp32 = records(cli(["fill-mask", "-m", str(tiny_bert_dir), *TEXTS[:3]]).stdout)
     bf16 = cli(["fill-mask", "-m", str(tiny_bert_dir), "--precision", "bf16", *TEXTS[:3]])

@@ -164,6 +164,28 @@ def test_unknown_column_names_the_columns(cli, tiny_bert_dir, reviews, tmp_path)
         cli, tiny_bert_dir, tmp_path / "x", "--train-data", str(reviews["train"]), "--text-column", "review"
     )
     assert result.code == 2 and "it has: text, label" in result.stderr
+    assert not (tmp_path / "x").exists()  # the failed run left no empty run dir
+
+
+def test_a_failed_start_leaves_no_empty_run_dir_but_keeps_an_existing_one(
+    cli, tiny_bert_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # default output: runs/classification-<timestamp>
+    result = cli(["finetune", "-m", str(tiny_bert_dir), "--train-data", "typo.csv", "--quiet"])
+    assert result.code == 2 and "typo.csv" in result.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    result = cli(["finetune", "-m", str(tiny_bert_dir), "--train-data", "typo.csv", "--output", str(mine)])
+    assert result.code == 2 and mine.is_dir()
+
+
+def test_several_processes_without_a_shared_output_dir_are_refused(cli, tiny_bert_dir, reviews, monkeypatch):
+    # as under `accelerate launch`: every process would otherwise pick its own timestamped dir
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli(["finetune", "-m", str(tiny_bert_dir), "--train-data", str(reviews["train"])])
+    assert result.code == 2 and "pass --output DIR" in result.stderr
 
 
 def test_integer_labels_take_label_names(cli, tiny_bert_dir, reviews, tmp_path):

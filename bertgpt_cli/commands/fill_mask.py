@@ -47,7 +47,9 @@ def run(config: FillMaskConfig) -> None:
     records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
     from transformers import AutoModelForMaskedLM
 
-    model, tokenizer = load_for_inference(config, config, AutoModelForMaskedLM, "fill-mask")
+    model, tokenizer = load_for_inference(
+        config, config, AutoModelForMaskedLM, "fill-mask", trained_by="bgcli finetune --task mlm"
+    )
     if tokenizer.mask_token is None:
         raise UsageError(f"the tokenizer of '{config.model}' has no mask token; use a masked-LM model")
     predictor = MaskPredictor(model, tokenizer, config.top_k, parse_targets(config.targets, tokenizer))

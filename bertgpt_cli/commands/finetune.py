@@ -6,6 +6,7 @@ prepares data through the task, sets the training arguments, and writes the run 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,16 +142,34 @@ def run(config: FinetuneConfig) -> None:
         set_verbosity(quiet=True, debug=config.debug)  # only rank 0 prints and writes
     if config.num_processes > 1 and not is_distributed_worker():
         run_dir = prepare_run_dir(config)  # decided once, here: workers must agree on it
-        code = relaunch(config.num_processes, ["--output", str(run_dir)])
-        if code:
-            raise typer.Exit(code)
+        with created_for_this_run(run_dir):
+            code = relaunch(config.num_processes, ["--output", str(run_dir)])
+            if code:
+                raise typer.Exit(code)
         return
     run_dir = prepare_run_dir(config)
     from ..training import train
 
-    metrics = train(config, run_dir)
+    with created_for_this_run(run_dir):
+        metrics = train(config, run_dir)
     if is_main_process():
         write_summary(config, run_dir, metrics)
+
+
+@contextlib.contextmanager
+def created_for_this_run(run_dir: Path):
+    """Create the run dir; a run that fails before writing anything into it (a typo in
+    --train-data, a missing model) removes it again, so failed attempts leave no empty
+    timestamped dirs. Anything written (config, checkpoints) and a dir that existed stay."""
+    existed = run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # succeeds only when empty
+        raise
 
 
 def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
@@ -196,6 +215,7 @@ def validate(config: FinetuneConfig) -> None:
 
 
 def prepare_run_dir(config: FinetuneConfig) -> Path:
+    """Where this run writes, after checking it may (created by `created_for_this_run`)."""
     if config.output:
         run_dir = Path(config.output)
     else:
@@ -208,7 +228,13 @@ def prepare_run_dir(config: FinetuneConfig) -> Path:
         )
     if config.resume and not config.output:
         raise UsageError("--resume needs --output: the run dir to resume")
-    from ..launching import is_distributed_worker
+    from ..launching import is_distributed_worker, world_size
+
+    if world_size() > 1 and not config.output:  # each process would pick its own timestamp
+        raise UsageError(
+            "under torchrun / accelerate launch pass --output DIR, the same for every process "
+            "(`bgcli finetune --num-processes N` picks one for you)"
+        )
 
     if (
         run_dir.exists()
@@ -218,6 +244,5 @@ def prepare_run_dir(config: FinetuneConfig) -> Path:
         and not is_distributed_worker()
     ):
         warn(f"{run_dir} holds an unfinished run; its files will be replaced")
-    run_dir.mkdir(parents=True, exist_ok=True)
     info(f"run dir: {run_dir}")
     return run_dir

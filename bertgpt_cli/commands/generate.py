@@ -63,6 +63,7 @@ def run(config: GenerateConfig) -> None:
         "text generation",
         check=require_causal_lm,
         tokenizer_kwargs={"padding_side": "left"},
+        trained_by="bgcli finetune --task clm",
     )
     generator = Generator(model, tokenizer, config)
     if config.seed is not None:
