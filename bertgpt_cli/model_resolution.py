@@ -15,6 +15,7 @@ from .assets import BUILTIN_MODELS
 from .console import info
 from .errors import BgcliError, UsageError, first_line
 from .hub import go_offline, hub_reachable, offline_from_env
+from .run_dirs import unfinished_run_message
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
 
@@ -54,10 +55,7 @@ def resolve_model(
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(
-                f"'{spec}' is a directory without config.json, not a model dir; "
-                "point --model at the folder that holds config.json"
-            )
+            raise UsageError(not_a_model_dir_message(spec, path))
         return ResolvedModel(spec, str(path), "local", True, None, trust_remote_code)
     if spec in BUILTIN_MODELS:
         model_dir = BUILTIN_MODELS[spec].model_dir()
@@ -68,6 +66,13 @@ def resolve_model(
             f"alias ({ALIASES_HINT})"
         )
     return _resolve_hub_id(spec, revision, trust_remote_code)
+
+
+def not_a_model_dir_message(spec: str, path: Path) -> str:
+    return unfinished_run_message(spec, path) or (
+        f"'{spec}' is a directory without config.json, not a model dir; "
+        "point --model at the folder that holds config.json"
+    )
 
 
 def resolve_model_options(options: Any) -> ResolvedModel:

@@ -15,6 +15,7 @@ from .devices import cpu_bf16_units, reuse_freed_memory
 from .errors import UsageError, first_line
 from .model_resolution import load_tokenizer, resolve_model_options
 from .recipes import recipe_values
+from .run_dirs import RUN_CONFIG, last_complete_checkpoint, resume_command
 from .tasks import TASKS
 
 
@@ -100,23 +101,6 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
     return resume
 
 
-def last_complete_checkpoint(run_dir: Path) -> str | None:
-    """The newest checkpoint whose trainer_state.json (written last) exists: a run killed
-    while saving leaves a partial checkpoint that must not be resumed from."""
-    if not run_dir.is_dir():
-        return None
-    steps = []
-    for folder in run_dir.glob("checkpoint-*"):
-        suffix = folder.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (folder / "trainer_state.json").is_file():
-            steps.append((int(suffix), folder))
-    return str(max(steps)[1]) if steps else None
-
-
-def resume_command(run_dir: Path) -> str:
-    return f"bgcli finetune --recipe {run_dir / 'bgcli_config.yaml'} --output {run_dir} --resume auto"
-
-
 def save_interrupted(trainer, run_dir: Path) -> None:
     """Ctrl-C: keep what was learned as a normal checkpoint and say how to go on."""
     from .console import error
@@ -136,7 +120,7 @@ def write_config(config, run_dir: Path) -> None:
     import yaml
 
     values = {"task": config.task, **recipe_values(config), "output": str(run_dir)}
-    write_text_atomically(run_dir / "bgcli_config.yaml", yaml.safe_dump(values, sort_keys=False))
+    write_text_atomically(run_dir / RUN_CONFIG, yaml.safe_dump(values, sort_keys=False))
 
 
 def load_splits(config, task):

@@ -344,7 +344,7 @@ def test_recipes_list_show_cp(cli, tmp_path):
     assert again.code == 2 and "--overwrite" in again.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tiny_bert_dir, reviews, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(cli, tiny_bert_dir, reviews, tmp_path):
     import signal
     import subprocess
     import time
@@ -384,6 +384,13 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tiny_bert_dir, 
     assert step > 0
     assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]  # saved at that very step
     assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    # the interrupted run has no final model: inference commands say what to do instead
+    result = cli(["classify", "-m", str(out), "great"])
+    assert result.code == 2 and "unfinished `bgcli finetune` run" in result.stderr
+    assert f"-m {out / f'checkpoint-{step}'}" in result.stderr and command in result.stderr
+    # and that checkpoint is a model the inference commands load
+    result = cli(["classify", "-m", str(out / f"checkpoint-{step}"), "great"])
+    assert result.code == 0 and json.loads(result.stdout)["label"] in {"neg", "pos"}
 
 
 def test_early_stopping_stops_without_asking_for_load_best(cli, tiny_bert_dir, reviews, tmp_path):
