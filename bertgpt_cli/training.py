@@ -34,6 +34,7 @@ def train(config, run_dir: Path) -> dict[str, Any]:
         task = TASKS[config.task](config, tokenizer)
         train_set, eval_set, test_set = load_splits(config, task)
     model = task.model(resolved)
+    eager_attention_for_cpu_dropout(model, args.device)
     trainer = build_trainer(config, task, model, tokenizer, args, train_set, eval_set)
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
@@ -52,6 +53,24 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     save_run(config, task, trainer, tokenizer, run_dir, metrics)
     leave_process_group(args, trainer)
     return metrics
+
+
+# Where configs keep the attention-probabilities dropout (BERT family; DistilBERT, Llama...; GPT-2).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def eager_attention_for_cpu_dropout(model, device) -> bool:
+    """On a CPU, SDPA with attention dropout leaves its fused kernel for the generic "math"
+    path, which under bf16 autocast is slower than the model's eager attention doing the same
+    computation: measured +11% samples/s for minilm classification (6 of 6 alternating
+    runs), +26% at 64 tokens, +10% for minilm MLM at 128 tokens; no change in fp32. Training
+    only: the saved config keeps no attention choice, so inference loads SDPA as usual."""
+    config = model.config
+    dropout = max((getattr(config, key, 0.0) or 0.0 for key in ATTENTION_DROPOUT_KEYS), default=0.0)
+    if device.type != "cpu" or dropout <= 0 or config._attn_implementation != "sdpa":
+        return False
+    model.set_attn_implementation("eager")
+    return True
 
 
 def leave_process_group(args, trainer) -> None:
@@ -333,6 +352,7 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
         "device": str(args.device),
         "precision": pick_precision(config),
         "world_size": args.world_size,
+        "attention": trainer.model.config._attn_implementation,
         "torch_threads": torch.get_num_threads(),
         "task": task.name,
         **task.run_info(),

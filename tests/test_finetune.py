@@ -100,6 +100,7 @@ def test_run_dir_holds_model_report_and_config(finished_run):
 
     expected_precision = "bf16" if cpu_bf16_units() else "fp32"  # auto on a CPU
     assert metrics["run"]["world_size"] == 1 and metrics["run"]["precision"] == expected_precision
+    assert metrics["run"]["attention"] == "eager"  # CPU + attention dropout (see the test below)
     assert summary["test_accuracy"] == pytest.approx(metrics["test"]["test_accuracy"], abs=1e-4)
     assert len(metrics["test_report"]["confusion_matrix"]) == 2
     assert all(json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines())
@@ -109,11 +110,14 @@ def test_the_run_dir_loads_in_pipeline_and_classify(cli, finished_run):
     from transformers import pipeline
 
     out, _ = finished_run
-    reference = pipeline("text-classification", model=str(out))(["great film", "boring plot"])
+    classifier = pipeline("text-classification", model=str(out))
+    reference = classifier(["great film", "boring plot"])
     result = cli(["classify", "-m", str(out), "great film", "boring plot"])
     ours = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["label"] for r in ours] == [r["label"] for r in reference]
     assert {r["label"] for r in ours} <= {"neg", "pos"}
+    # training switched to eager attention on this CPU; the saved model loads with the default
+    assert classifier.model.config._attn_implementation == "sdpa"
 
 
 def test_saved_config_reproduces_the_run(cli, finished_run, tmp_path):
@@ -425,6 +429,32 @@ def test_class_weights_are_inverse_frequency(tiny_bert_dir):
     task.labels = LabelSet(["a", "b"])
     weights = task.class_weights(Dataset.from_dict({"labels": [0, 0, 0, 1]}))
     assert weights == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+
+
+def test_cpu_training_with_attention_dropout_uses_eager_attention(tiny_bert_dir, tiny_llama_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from bertgpt_cli.training import eager_attention_for_cpu_dropout
+
+    def bert():
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+        assert model.config.attention_probs_dropout_prob > 0 and model.config._attn_implementation == "sdpa"
+        return model
+
+    model = bert()
+    assert eager_attention_for_cpu_dropout(model, torch.device("cpu"))
+    assert model.config._attn_implementation == "eager"
+    layer = model.bert.encoder.layer[0].attention.self  # the layers follow the config
+    assert layer.config._attn_implementation == "eager"
+    # GPUs keep SDPA (fused dropout kernels there); so does a model without attention dropout
+    model = bert()
+    assert not eager_attention_for_cpu_dropout(model, torch.device("cuda"))
+    assert model.config._attn_implementation == "sdpa"
+    llama = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert llama.config.attention_dropout == 0.0
+    assert not eager_attention_for_cpu_dropout(llama, torch.device("cpu"))
+    assert llama.config._attn_implementation == "sdpa"
 
 
 def test_the_ddp_wrapper_is_freed_before_the_group_is_torn_down():
