@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: fine-tune the built-in minilm on the built-in Rotten Tomatoes reviews (~5 min on
+# `make demo`: fine-tune the built-in minilm on the built-in Rotten Tomatoes reviews (~4 min on
 # 2 CPU cores), use the result in a pipeline, and generate with SmolLM2. No Hub needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
