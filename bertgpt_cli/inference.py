@@ -9,7 +9,13 @@ from typing import Any
 
 from .console import info, warn
 from .errors import UsageError
-from .model_resolution import load_model, load_tokenizer, resolve_model_options
+from .model_resolution import (
+    is_head_weight,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model_options,
+)
 from .options import ModelOptions, option
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -76,9 +82,6 @@ def load_for_inference(
 ):
     """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device.
     `trained_by` is the command that makes such a model, named when the weights are missing."""
-
-    from .model_resolution import load_config
-
     resolved = resolve_model_options(model_options)
     config = load_config(resolved)
     if check is not None:
@@ -90,20 +93,18 @@ def load_for_inference(
         resolved, auto_class, task, config=config, dtype=dtype, output_loading_info=True
     )
     missing = loading.get("missing_keys") or ()
-    refuse_random_weights(resolved.spec, task, missing, model.base_model_prefix, trained_by)
+    refuse_random_weights(resolved.spec, task, missing, model, trained_by)
     model.to(device).eval()
     info(f"{task}: {resolved.spec} on {device} ({str(dtype).removeprefix('torch.')})")
     return model, tokenizer
 
 
-def refuse_random_weights(
-    spec: str, task: str, missing: Iterable[str], base_prefix: str, trained_by: str
-) -> None:
+def refuse_random_weights(spec: str, task: str, missing: Iterable[str], model: Any, trained_by: str) -> None:
     """transformers fills weights missing from a checkpoint with random values and goes on;
     at inference that gives confident-looking noise (fill-mask on a bare encoder such as minilm,
-    whose checkpoint has no MLM head), so it is one clear line instead. Head weights (outside
-    the `base_prefix` encoder, e.g. "cls.predictions.bias") are named first: they tell why."""
-    missing = sorted(missing, key=lambda key: (key.split(".")[0] == base_prefix, key))
+    whose checkpoint has no MLM head), so it is one clear line instead. Head weights (e.g.
+    "cls.predictions.bias") are named first: they tell why."""
+    missing = sorted(missing, key=lambda key: (not is_head_weight(key, model), key))
     if missing:
         more = f" and {len(missing) - 1} more weights" if len(missing) > 1 else ""
         raise UsageError(

@@ -134,6 +134,12 @@ def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
         raise BgcliError(unavailable_model_message(resolved, first_line(exc))) from exc
 
 
+def is_head_weight(key: str, model: Any) -> bool:
+    """Whether a state-dict key belongs to a task head ("cls.predictions.bias", "classifier.weight")
+    rather than to the base encoder/decoder ("bert.encoder...", `model.base_model_prefix`)."""
+    return key.split(".")[0] != model.base_model_prefix
+
+
 def supports(config: Any, auto_class: Any) -> bool:
     """Whether `auto_class` (e.g. AutoModelForMaskedLM) has a head for this architecture."""
     return type(config) in auto_class._model_mapping

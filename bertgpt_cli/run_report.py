@@ -80,7 +80,7 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
     settings = (
         f"{length}, lr {config.lr}, batch {config.batch_size}, max length {config.max_length}, "
         f"seed {config.seed}, precision {run['precision']}, device {run['device']}, "
-        f"world size {run['world_size']}, attention {run.get('attention', 'default')}"
+        f"world size {run['world_size']}, attention {run['attention']}"
     )
     lines = [
         "---",

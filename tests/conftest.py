@@ -4,7 +4,6 @@ on the fly, and a helper that runs the CLI as a user does (exit code, stdout, st
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,15 +149,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
-    """The tiny BERT's encoder alone (a BertModel checkpoint: no MLM or classification head),
-    like the built-in minilm."""
-    from transformers import BertForMaskedLM
+def bare_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """Like the built-in minilm: a BERT encoder saved without any head (no MLM head, no
+    classifier), with the tiny BERT's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    BertForMaskedLM.from_pretrained(tiny_bert_dir).bert.save_pretrained(folder)
-    shutil.copy(tiny_bert_dir / "tokenizer.json", folder)
-    shutil.copy(tiny_bert_dir / "tokenizer_config.json", folder)
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("bare-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    BertModel(BertConfig(**tiny_bert_sizes(tokenizer)), add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -60,10 +60,10 @@ def test_an_encoder_without_a_classification_head_is_refused(cli, tiny_bert_dir)
     assert result.code == 2 and "has no trained classification head" in result.stderr
 
 
-def test_a_classifier_config_without_its_head_weights_is_refused(cli, tiny_encoder_dir, tmp_path):
+def test_a_classifier_config_without_its_head_weights_is_refused(cli, bare_encoder_dir, tmp_path):
     # the config claims a classifier (so the architecture check passes), the weights lack the head
     folder = tmp_path / "headless"
-    shutil.copytree(tiny_encoder_dir, folder)
+    shutil.copytree(bare_encoder_dir, folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(architectures=["BertForSequenceClassification"], id2label={"0": "neg", "1": "pos"})
     (folder / "config.json").write_text(json.dumps(config))

@@ -99,9 +99,9 @@ def test_a_causal_lm_cannot_fill_masks(cli, tiny_gpt2_dir):
     assert result.stderr.strip().count("\n") == 0 and "cannot do fill-mask" in result.stderr
 
 
-def test_an_encoder_without_an_mlm_head_is_refused_not_guessed(cli, tiny_encoder_dir):
+def test_an_encoder_without_an_mlm_head_is_refused_not_guessed(cli, bare_encoder_dir):
     # transformers would load it with a random head and print confident-looking noise
-    result = cli(["fill-mask", "-m", str(tiny_encoder_dir), "the [MASK]"])
+    result = cli(["fill-mask", "-m", str(bare_encoder_dir), "the [MASK]"])
     assert result.code == 2 and result.stdout == ""
     error = result.stderr.strip().splitlines()[-1]  # one line (after the weight-loading bar)
     assert error.startswith("error: ") and "no trained weights for fill-mask (cls.predictions" in error

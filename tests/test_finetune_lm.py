@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CORPUS, tiny_bert_sizes
+from .conftest import CORPUS
 
 TEXTS = [f"{line} {i}" for i, line in enumerate(CORPUS * 6)]
 
@@ -19,20 +19,6 @@ def texts_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("texts") / "texts.jsonl"
     path.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS)))
     return path
-
-
-@pytest.fixture(scope="module")
-def bare_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
-    """Like the built-in minilm: a BERT encoder saved without any masked-LM head."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("bare-encoder")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    BertModel(BertConfig(**tiny_bert_sizes(tokenizer)), add_pooling_layer=False).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def lm_args(task: str, model_dir: Path, data: Path, max_steps: int = 12, eval_every: int = 6) -> list[str]:

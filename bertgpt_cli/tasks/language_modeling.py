@@ -178,7 +178,7 @@ class MaskedLMTask(LanguageModelingTask):
     def model(self, resolved):
         from transformers import AutoModelForMaskedLM
 
-        from ..model_resolution import load_model
+        from ..model_resolution import is_head_weight, load_model
 
         model, loading = load_model(
             resolved, AutoModelForMaskedLM, "masked-LM training", output_loading_info=True
@@ -188,7 +188,7 @@ class MaskedLMTask(LanguageModelingTask):
         tied = decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
         # Keys outside the encoder (e.g. "cls.predictions...") missing from the checkpoint: a new
         # head. A tied decoder weight is the loaded embedding, so it is never among them.
-        self.head_created = any(key.split(".")[0] != model.base_model_prefix for key in missing)
+        self.head_created = any(is_head_weight(key, model) for key in missing)
         if self.head_created:
             tying = "its decoder is tied to the input embeddings" if tied else "its decoder is untied"
             info(f"'{resolved.spec}' has no masked-LM head: created one ({tying})")
