@@ -163,6 +163,51 @@ def test_eval_label_unseen_in_training_is_a_clear_error(cli, tiny_bert_dir, revi
     assert result.code == 2 and "label(s) meh not seen in training (neg, pos)" in result.stderr
 
 
+def _labelled(labels, names=None):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    label_type = ClassLabel(names=names) if names else Value("int64" if isinstance(labels[0], int) else "string")
+    return Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(len(labels))], "label": labels},
+        features=Features({"text": Value("string"), "label": label_type}),
+    )
+
+
+def _encoded(train, split, label_names=None):
+    from bertgpt_cli.tasks.classification import encode_labels, label_set
+
+    labels = label_set(train, "label", label_names)
+    return labels, encode_labels(split, labels, "label", "test")["labels"]
+
+
+def test_labels_match_by_name_across_class_label_and_text_splits():
+    # Train on a file with text labels, test on built-in-style ClassLabel rows (and back).
+    labels, ids = _encoded(_labelled(["pos", "neg", "pos"]), _labelled([1, 0, 0], names=["neg", "pos"]))
+    assert labels.names == ["neg", "pos"] and ids == [1, 0, 0]
+    labels, ids = _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled(["pos", "neg", "neg"]))
+    assert labels.names == ["neg", "pos"] and ids == [1, 0, 0]
+    # A ClassLabel in another order is mapped by name, not by position.
+    _, ids = _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled([0, 0, 1], names=["pos", "neg"]))
+    assert ids == [1, 1, 0]
+    # Ids given as plain integers (or their text) for a ClassLabel training column.
+    _, ids = _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled(["1", "0"]))
+    assert ids == [1, 0]
+
+
+def test_integer_labels_match_their_text_form():
+    labels, ids = _encoded(_labelled([2, 10, 2]), _labelled(["10", "2"]))
+    assert labels.names == ["2", "10"] and ids == [1, 0]  # sorted as numbers; "10" read as 10
+
+
+def test_rows_without_a_label_and_bad_label_names_are_clear_errors():
+    from bertgpt_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"test data has rows without a label \(-1\)"):
+        _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled([0, -1], names=["neg", "pos"]))
+    with pytest.raises(UsageError, match="--label-names has 3 names but the training data has 2 labels"):
+        _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled([0], names=["neg", "pos"]), ["a", "b", "c"])
+
+
 def test_unknown_column_names_the_columns(cli, tiny_bert_dir, reviews, tmp_path):
     result = finetune(
         cli, tiny_bert_dir, tmp_path / "x", "--train-data", str(reviews["train"]), "--text-column", "review"

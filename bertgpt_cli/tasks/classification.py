@@ -12,9 +12,11 @@ from .base import Task
 
 @dataclass
 class LabelSet:
-    names: list[str]
-    column_is_class_label: bool = False
-    value_to_id: dict[Any, int] = field(default_factory=dict)
+    names: list[str]  # what the saved config shows (--label-names may rename)
+    # Label value (as text: one file says 0, another "0") -> id. ClassLabel columns
+    # are looked up by their names, so splits from different sources agree.
+    value_to_id: dict[str, int] = field(default_factory=dict)
+    class_names: list[str] | None = None  # the training column's ClassLabel names
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -27,29 +29,37 @@ class LabelSet:
 
 def label_set(train, label_column: str, label_names: list[str] | None) -> LabelSet:
     """Sorted, deterministic labels from the training data; ClassLabel names when present."""
-    feature = train.features[label_column]
-    if hasattr(feature, "names"):  # datasets.ClassLabel, e.g. the built-in reviews
-        names = list(label_names or feature.names)
-        return LabelSet(names, True, {i: i for i in range(len(feature.names))})
-    values = sorted(set(train[label_column]), key=lambda v: (str(type(v)), v))
-    if any(v is None for v in values):
-        raise UsageError(f"the training data has empty labels in column '{label_column}'")
-    if label_names:
-        if len(label_names) != len(values):
-            raise UsageError(
-                f"--label-names has {len(label_names)} names but the training data has "
-                f"{len(values)} labels ({', '.join(map(str, values))})"
-            )
-        names = list(label_names)
+    class_names = _class_label_names(train, label_column)
+    if class_names is not None:
+        values = class_names
+        # A file split may give the ids themselves (0/1 for negative/positive).
+        value_to_id = {str(i): i for i in range(len(values))} | {n: i for i, n in enumerate(values)}
     else:
-        names = [str(v) for v in values]
-    return LabelSet(names, False, {v: i for i, v in enumerate(values)})
+        raw = set(train[label_column])
+        if None in raw:
+            raise UsageError(f"the training data has empty labels in column '{label_column}'")
+        values = [str(v) for v in sorted(raw, key=lambda v: (str(type(v)), v))]
+        value_to_id = {v: i for i, v in enumerate(values)}
+    if label_names and len(label_names) != len(values):
+        raise UsageError(
+            f"--label-names has {len(label_names)} names but the training data has "
+            f"{len(values)} labels ({', '.join(values)})"
+        )
+    return LabelSet(list(label_names or values), value_to_id, class_names)
+
+
+def _class_label_names(dataset, column: str) -> list[str] | None:
+    return getattr(dataset.features[column], "names", None)  # datasets.ClassLabel
 
 
 def encode_labels(dataset, labels: LabelSet, column: str, split: str):
-    if labels.column_is_class_label:
+    """The label column as ids of the training label set, in a column named `labels`."""
+    names = _class_label_names(dataset, column)
+    as_text = _class_label_text(names, split) if names is not None else _value_text(split)
+    present = {as_text(v) for v in set(dataset[column])}  # also rejects rows without a label
+    if names is not None and names == labels.class_names:  # same ClassLabel: ids already agree
         return dataset.rename_column(column, "labels") if column != "labels" else dataset
-    unseen = sorted({str(v) for v in set(dataset[column])} - {str(v) for v in labels.value_to_id})
+    unseen = sorted(present - set(labels.value_to_id))
     if unseen:
         raise UsageError(
             f"{split} data has label(s) {', '.join(unseen[:5])} not seen in training "
@@ -57,10 +67,28 @@ def encode_labels(dataset, labels: LabelSet, column: str, split: str):
         )
     mapping = labels.value_to_id
     return dataset.map(
-        lambda v: {"labels": mapping[v]},
+        lambda v: {"labels": mapping[as_text(v)]},
         input_columns=column,
         remove_columns=[column] if column != "labels" else [],
     )
+
+
+def _class_label_text(names: list[str], split: str):
+    def as_text(value: int) -> str:
+        if value is None or value < 0:  # ClassLabel's "no label", e.g. GLUE test splits
+            raise UsageError(f"{split} data has rows without a label (-1); use a split that has labels")
+        return names[value]
+
+    return as_text
+
+
+def _value_text(split: str):
+    def as_text(value) -> str:
+        if value is None:
+            raise UsageError(f"{split} data has empty labels; fill them in or drop those rows")
+        return str(value)
+
+    return as_text
 
 
 class ClassificationTask(Task):
