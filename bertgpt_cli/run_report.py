@@ -75,7 +75,8 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
             if key in values:
                 rows.append(f"| {shown} | {name} | {values[key]:.4f} |")
     run = metrics["run"]
-    eval_source = config.eval_data or f"{config.eval_split:.0%} of train"
+    held_out = f"{config.eval_split:.0%} of train" if config.eval_split > 0 else "none"
+    eval_source = config.eval_data or held_out
     length = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.epochs} epochs"
     settings = (
         f"{length}, lr {config.lr}, batch {config.batch_size}, max length {config.max_length}, "

@@ -166,7 +166,8 @@ def test_eval_label_unseen_in_training_is_a_clear_error(cli, tiny_bert_dir, revi
 def _labelled(labels, names=None):
     from datasets import ClassLabel, Dataset, Features, Value
 
-    label_type = ClassLabel(names=names) if names else Value("int64" if isinstance(labels[0], int) else "string")
+    plain = Value("int64" if isinstance(labels[0], int) else "string")
+    label_type = ClassLabel(names=names) if names else plain
     return Dataset.from_dict(
         {"text": [f"t{i}" for i in range(len(labels))], "label": labels},
         features=Features({"text": Value("string"), "label": label_type}),
@@ -204,8 +205,9 @@ def test_rows_without_a_label_and_bad_label_names_are_clear_errors():
 
     with pytest.raises(UsageError, match=r"test data has rows without a label \(-1\)"):
         _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled([0, -1], names=["neg", "pos"]))
+    two_labels = _labelled([0, 1], names=["neg", "pos"])
     with pytest.raises(UsageError, match="--label-names has 3 names but the training data has 2 labels"):
-        _encoded(_labelled([0, 1], names=["neg", "pos"]), _labelled([0], names=["neg", "pos"]), ["a", "b", "c"])
+        _encoded(two_labels, _labelled([0], names=["neg", "pos"]), ["a", "b", "c"])
 
 
 def test_unknown_column_names_the_columns(cli, tiny_bert_dir, reviews, tmp_path):
@@ -464,6 +466,12 @@ def test_early_stopping_stops_without_asking_for_load_best(cli, tiny_bert_dir, r
     assert max(entry["step"] for entry in history) == 10  # best at 5, no gain at 10: stop
 
 
+def test_early_stopping_without_eval_data_is_a_clear_error(cli, tiny_bert_dir, reviews, tmp_path):
+    no_eval = ["--train-data", str(reviews["train"]), "--eval-split", "0", "--early-stopping", "2"]
+    result = finetune(cli, tiny_bert_dir, tmp_path / "x", *no_eval)
+    assert result.code == 2 and "--early-stopping watches eval data" in result.stderr
+
+
 def test_class_weights_are_inverse_frequency(tiny_bert_dir):
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -603,3 +611,24 @@ def test_training_keeps_freed_memory_for_reuse():
 
     assert kept_mb("default") < 8
     assert kept_mb("reuse") >= 60
+
+
+def test_model_card_names_the_eval_data_or_none():
+    from types import SimpleNamespace
+
+    from bertgpt_cli.commands.finetune import FinetuneConfig
+    from bertgpt_cli.run_report import model_card
+    from bertgpt_cli.tasks.classification import ClassificationTask
+
+    task = ClassificationTask.__new__(ClassificationTask)
+    task.labels = SimpleNamespace(names=["neg", "pos"])
+    run = {"wall_time_s": 1.0, "train_samples_per_second": 2.0, "precision": "fp32", "device": "cpu"}
+    metrics = {"test": {"test_accuracy": 0.5}, "run": run | {"world_size": 1, "attention": "sdpa"}}
+
+    def eval_line(**overrides):
+        config = FinetuneConfig(train_data="train.csv", test_data="test.csv", **overrides)
+        return next(line for line in model_card(config, task, metrics, []).splitlines() if "eval:" in line)
+
+    assert "eval: `none`" in eval_line(eval_split=0.0)
+    assert "eval: `10% of train`" in eval_line(eval_split=0.1)
+    assert "eval: `dev.csv`" in eval_line(eval_data="dev.csv")

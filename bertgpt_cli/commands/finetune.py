@@ -204,6 +204,8 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError(f"--eval-every must be a number of steps or 'epoch', not '{config.eval_every}'")
     if not 0 <= config.eval_split < 1:
         raise UsageError("--eval-split must be in [0, 1)")
+    if config.early_stopping and not config.eval_data and config.eval_split == 0:
+        raise UsageError("--early-stopping watches eval data: pass --eval-data or --eval-split 0.1")
     if config.class_weights == "auto" and config.task != "classification":
         raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")
     if not 0 < config.mlm_probability < 1:
