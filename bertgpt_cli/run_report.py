@@ -10,8 +10,8 @@ from .atomic import write_text_atomically
 
 def write_report(run_dir: Path, config, task, metrics: dict[str, Any], history: list[dict]) -> None:
     plots = plot_curves(run_dir, history)
-    report = metrics.get("test_report")
-    if report:
+    report = metrics.get("test_report") or {}
+    if "confusion_matrix" in report:  # single-label only: label sets have one 2x2 matrix per label
         plots.append(plot_confusion(run_dir, report["confusion_matrix"], metrics["run"]["labels"]))
     write_text_atomically(run_dir / "README.md", model_card(config, task, metrics, plots))
 

@@ -16,7 +16,7 @@ from .errors import UsageError, first_line
 from .model_resolution import load_tokenizer, resolve_model_options
 from .recipes import recipe_values
 from .run_dirs import RUN_CONFIG, last_complete_checkpoint, resume_command
-from .tasks import TASKS
+from .tasks import task_class
 
 
 def train(config, run_dir: Path) -> dict[str, Any]:
@@ -25,13 +25,13 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     reuse_freed_memory()
     set_seed(config.seed)
-    args = training_arguments(config, TASKS[config.task], run_dir)  # joins torchrun's process group
+    args = training_arguments(config, task_class(config), run_dir)  # joins torchrun's process group
     # Rank 0 first: it converts built-in models and fills the datasets cache; the other ranks
     # then read both instead of writing the same files at the same time.
     with args.main_process_first(desc="model and data preparation"):
         resolved = resolve_model_options(config)
         tokenizer = load_tokenizer(resolved)
-        task = TASKS[config.task](config, tokenizer)
+        task = task_class(config)(config, tokenizer)
         train_set, eval_set, test_set = load_splits(config, task)
     model = task.model(resolved)
     eager_attention_for_cpu_dropout(model, args.device)

@@ -52,6 +52,10 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     text_pair_column: str | None = option(None, "Second text column for sentence pairs.", panel=DATA)
     label_column: str = option("label", "Column with the label (ints or strings).", panel=DATA)
     label_names: str | None = option(None, "Names for integer labels, in order: a,b,c.", panel=DATA)
+    multi_label: bool = option(
+        False, "Each row may have several labels (a list, or text split on --label-separator).", panel=DATA
+    )
+    label_separator: str = option(",", "Splits a text label column for --multi-label.", panel=DATA)
     data_format: str | None = option(
         None, "Force the file format (csv, tsv, json, jsonl, parquet, text).", panel=DATA
     )
@@ -175,9 +179,9 @@ def created_for_this_run(run_dir: Path):
 def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
     """The run's result is the command's data: one record on stdout (table on a terminal)."""
     from ..output import RecordWriter
-    from ..tasks import TASKS
+    from ..tasks import task_class
 
-    shown = TASKS[config.task].card_metrics
+    shown = task_class(config).card_metrics
     record = {"run_dir": str(run_dir)}
     for split in ("before", "eval", "test"):
         for key, value in metrics.get(split, {}).items():
@@ -206,6 +210,8 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError("--eval-split must be in [0, 1)")
     if config.early_stopping and not config.eval_data and config.eval_split == 0:
         raise UsageError("--early-stopping watches eval data: pass --eval-data or --eval-split 0.1")
+    if config.multi_label and config.task != "classification":
+        raise UsageError(f"--multi-label applies to classification, not --task {config.task}")
     if config.class_weights == "auto" and config.task != "classification":
         raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")
     if not 0 < config.mlm_probability < 1:

@@ -14,13 +14,13 @@ HERE = Path(__file__).parent
 LOCAL_METRICS = ("accuracy", "f1", "precision", "recall")
 
 
-def load_metric(name: str):
+def load_metric(name: str, config_name: str | None = None):
     import evaluate
 
     from ..errors import BgcliError, first_line
 
     if name in LOCAL_METRICS:
-        return evaluate.load(str(HERE / name / f"{name}.py"))
+        return evaluate.load(str(HERE / name / f"{name}.py"), config_name)
     try:  # any other evaluate metric: needs the Hub (or its cache)
         return evaluate.load(name)
     except Exception as exc:  # noqa: BLE001
@@ -31,11 +31,15 @@ def load_metric(name: str):
 
 
 class ClassificationMetrics:
-    """accuracy, macro F1 / precision / recall (+ extra evaluate metrics) for Trainer."""
+    """accuracy, macro F1 / precision / recall (+ extra evaluate metrics) for Trainer.
+
+    multi_label: predictions and references are 0/1 indicator rows; accuracy is then the
+    share of rows whose whole label set is right (exact match), and micro F1 is added."""
 
     def __init__(self, extra: list[str] | None = None, multi_label: bool = False):
         self.multi_label = multi_label
-        self.metrics = {name: load_metric(name) for name in LOCAL_METRICS}
+        config = "multilabel" if multi_label else None
+        self.metrics = {name: load_metric(name, config) for name in LOCAL_METRICS}
         self.extra = {name: load_metric(name) for name in (extra or []) if name not in LOCAL_METRICS}
 
     def __call__(self, predictions, references) -> dict[str, float]:
@@ -44,6 +48,8 @@ class ClassificationMetrics:
         for name in ("f1", "precision", "recall"):
             value = self.metrics[name].compute(**kwargs, average="macro")[name]
             scores[f"{name}_macro"] = value
+        if self.multi_label:
+            scores["f1_micro"] = self.metrics["f1"].compute(**kwargs, average="micro")["f1"]
         for metric in self.extra.values():
             scores.update(metric.compute(**kwargs))
         return {k: float(v) for k, v in scores.items()}

@@ -15,13 +15,14 @@ def sklearn_metric(name: str, score: str, averaged: bool) -> type[evaluate.Metri
     function = getattr(sklearn.metrics, score)
 
     def _info(self):
+        # config "multilabel" (as the Hub's modules): one 0/1 indicator list per example
+        label = datasets.Value("int64")
+        kind = datasets.Sequence(label) if self.config_name == "multilabel" else label
         return evaluate.MetricInfo(
             description=f"{name}, computed with scikit-learn ({score}).",
             citation="",
-            inputs_description="predictions and references: label ids (ints).",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            inputs_description="predictions and references: label ids, or 0/1 lists (multilabel).",
+            features=datasets.Features({"predictions": kind, "references": kind}),
         )
 
     if averaged:

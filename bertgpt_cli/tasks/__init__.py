@@ -6,6 +6,7 @@ Each task implements `base.Task`; training.py drives any of them the same way.
 from .base import Task
 from .classification import ClassificationTask, LabelSet
 from .language_modeling import CausalLMTask, MaskedLMTask
+from .multi_label import MultiLabelClassificationTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
@@ -13,4 +14,21 @@ TASKS: dict[str, type[Task]] = {
     "clm": CausalLMTask,
 }
 
-__all__ = ["TASKS", "CausalLMTask", "ClassificationTask", "LabelSet", "MaskedLMTask", "Task"]
+
+def task_class(config) -> type[Task]:
+    """The task a finetune config asks for (--task, and --multi-label for classification)."""
+    if config.task == "classification" and config.multi_label:
+        return MultiLabelClassificationTask
+    return TASKS[config.task]
+
+
+__all__ = [
+    "TASKS",
+    "CausalLMTask",
+    "ClassificationTask",
+    "LabelSet",
+    "MaskedLMTask",
+    "MultiLabelClassificationTask",
+    "Task",
+    "task_class",
+]

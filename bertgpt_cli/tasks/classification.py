@@ -38,7 +38,7 @@ def label_set(train, label_column: str, label_names: list[str] | None) -> LabelS
         raw = set(train[label_column])
         if None in raw:
             raise UsageError(f"the training data has empty labels in column '{label_column}'")
-        values = [str(v) for v in sorted(raw, key=lambda v: (str(type(v)), v))]
+        values = sorted_label_values(raw)
         value_to_id = {v: i for i, v in enumerate(values)}
     if label_names and len(label_names) != len(values):
         raise UsageError(
@@ -46,6 +46,18 @@ def label_set(train, label_column: str, label_names: list[str] | None) -> LabelS
             f"{len(values)} labels ({', '.join(values)})"
         )
     return LabelSet(list(label_names or values), value_to_id, class_names)
+
+
+def sorted_label_values(values) -> list[str]:
+    """Labels as text, in a fixed order: numbers by value (2 before 10), then text."""
+
+    def key(text: str):
+        try:
+            return (0, int(text), "")
+        except ValueError:
+            return (1, 0, text)
+
+    return sorted({str(v) for v in values}, key=key)
 
 
 def _class_label_names(dataset, column: str) -> list[str] | None:
@@ -112,12 +124,19 @@ class ClassificationTask(Task):
         for split, data in others.items():
             require_columns(data, columns, split)
         names = [n.strip() for n in c.label_names.split(",")] if c.label_names else None
-        self.labels = label_set(train, c.label_column, names)
-        train = self._tokenize(encode_labels(train, self.labels, c.label_column, "train"))
-        others = {
-            k: self._tokenize(encode_labels(v, self.labels, c.label_column, k)) for k, v in others.items()
-        }
+        self.labels = self._label_set(train, names)
+        train = self._tokenize(self._encode_labels(train, "train"))
+        others = {k: self._tokenize(self._encode_labels(v, k)) for k, v in others.items()}
         return train, others
+
+    def _label_set(self, train, names: list[str] | None) -> LabelSet:
+        return label_set(train, self.config.label_column, names)
+
+    def _encode_labels(self, dataset, split: str):
+        return encode_labels(dataset, self.labels, self.config.label_column, split)
+
+    def _problem_type(self) -> str:
+        return "single_label_classification"
 
     def _tokenize(self, dataset):
         # The closure holds only what tokenizing uses: datasets hashes it for its cache key,
@@ -141,7 +160,7 @@ class ClassificationTask(Task):
         config = load_config(resolved)
         config.num_labels = len(self.labels.names)
         config.id2label, config.label2id = self.labels.id2label, self.labels.label2id
-        config.problem_type = "single_label_classification"
+        config.problem_type = self._problem_type()
         return load_model(
             resolved,
             AutoModelForSequenceClassification,
