@@ -40,12 +40,30 @@ def label_set(train, label_column: str, label_names: list[str] | None) -> LabelS
             raise UsageError(f"the training data has empty labels in column '{label_column}'")
         values = sorted_label_values(raw)
         value_to_id = {v: i for i, v in enumerate(values)}
+    return LabelSet(named(values, label_names), value_to_id, class_names)
+
+
+def named(values: list[str], label_names: list[str] | None) -> list[str]:
+    """The label names to save: --label-names (one per label, in order) or the values."""
     if label_names and len(label_names) != len(values):
         raise UsageError(
             f"--label-names has {len(label_names)} names but the training data has "
             f"{len(values)} labels ({', '.join(values)})"
         )
-    return LabelSet(list(label_names or values), value_to_id, class_names)
+    return list(label_names or values)
+
+
+def check_seen(present: set[str], labels: LabelSet, split: str) -> None:
+    unseen = sorted(present - set(labels.value_to_id))
+    if unseen:
+        raise UsageError(
+            f"{split} data has label(s) {', '.join(unseen[:5])} not seen in training "
+            f"({', '.join(labels.names)}); fix the data or train on them too"
+        )
+
+
+def no_label_error(split: str) -> UsageError:
+    return UsageError(f"{split} data has rows without a label (-1); use a split that has labels")
 
 
 def sorted_label_values(values) -> list[str]:
@@ -71,12 +89,7 @@ def encode_labels(dataset, labels: LabelSet, column: str, split: str):
     present = {as_text(v) for v in set(dataset[column])}  # also rejects rows without a label
     if names is not None and names == labels.class_names:  # same ClassLabel: ids already agree
         return dataset.rename_column(column, "labels") if column != "labels" else dataset
-    unseen = sorted(present - set(labels.value_to_id))
-    if unseen:
-        raise UsageError(
-            f"{split} data has label(s) {', '.join(unseen[:5])} not seen in training "
-            f"({', '.join(labels.names)}); fix the data or train on them too"
-        )
+    check_seen(present, labels, split)
     mapping = labels.value_to_id
     return dataset.map(
         lambda v: {"labels": mapping[as_text(v)]},
@@ -88,7 +101,7 @@ def encode_labels(dataset, labels: LabelSet, column: str, split: str):
 def _class_label_text(names: list[str], split: str):
     def as_text(value: int) -> str:
         if value is None or value < 0:  # ClassLabel's "no label", e.g. GLUE test splits
-            raise UsageError(f"{split} data has rows without a label (-1); use a split that has labels")
+            raise no_label_error(split)
         return names[value]
 
     return as_text
@@ -201,11 +214,15 @@ class ClassificationTask(Task):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         logits = model(**inputs).logits
-        weight = torch.tensor(self.weights, device=logits.device)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
+        loss = self._weighted_loss(logits.float(), labels, torch.tensor(self.weights, device=logits.device))
         # A batch mean; with num_items_in_batch the Trainer expects a share of the
         # accumulated batch and skips its own division by --grad-accum.
         return loss if num_items_in_batch is None else loss * len(labels) / num_items_in_batch
+
+    def _weighted_loss(self, logits, labels, weights):
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weights)
 
     def compute_metrics(self):
         import numpy as np

@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UsageError
-from .classification import ClassificationTask, LabelSet, sorted_label_values
+from .classification import (
+    ClassificationTask,
+    LabelSet,
+    check_seen,
+    named,
+    no_label_error,
+    sorted_label_values,
+)
 
 
 def row_labels(value, separator: str, names: list[str] | None, split: str) -> list[str]:
@@ -25,7 +32,7 @@ def row_labels(value, separator: str, names: list[str] | None, split: str) -> li
     if names is None:
         return [str(v) for v in values if v is not None]
     if any(v < 0 for v in values):
-        raise UsageError(f"{split} data has rows without a label (-1); use a split that has labels")
+        raise no_label_error(split)
     return [names[v] for v in values]
 
 
@@ -50,22 +57,12 @@ class MultiLabelClassificationTask(ClassificationTask):
         values = sorted_label_values({label for row in self._labels_of(train, "train") for label in row})
         if not values:
             raise UsageError(f"the training data has no labels in column '{self.config.label_column}'")
-        if names and len(names) != len(values):
-            raise UsageError(
-                f"--label-names has {len(names)} names but the training data has "
-                f"{len(values)} labels ({', '.join(values)})"
-            )
-        return LabelSet(list(names or values), {v: i for i, v in enumerate(values)})
+        return LabelSet(named(values, names), {v: i for i, v in enumerate(values)})
 
     def _encode_labels(self, dataset, split: str):
         rows = self._labels_of(dataset, split)
+        check_seen({label for row in rows for label in row}, self.labels, split)
         mapping = self.labels.value_to_id
-        unseen = sorted({label for row in rows for label in row} - set(mapping))
-        if unseen:
-            raise UsageError(
-                f"{split} data has label(s) {', '.join(unseen[:5])} not seen in training "
-                f"({', '.join(self.labels.names)}); fix the data or train on them too"
-            )
         multi_hot = []
         for row in rows:  # float targets: BCEWithLogits wants them so
             target = [0.0] * len(mapping)
@@ -90,19 +87,12 @@ class MultiLabelClassificationTask(ClassificationTask):
                 positives[i] += value
         return [(len(train) - n) / max(n, 1.0) for n in positives]
 
-    def compute_loss(self, model, inputs, num_items_in_batch):
-        if self.weights is None:
-            return None
+    def _weighted_loss(self, logits, labels, weights):
         import torch
 
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        logits = model(**inputs).logits
-        weight = torch.tensor(self.weights, device=logits.device)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), labels.float(), pos_weight=weight
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, labels.float(), pos_weight=weights
         )
-        return loss if num_items_in_batch is None else loss * len(labels) / num_items_in_batch
 
     def compute_metrics(self):
         from ..metrics import ClassificationMetrics
