@@ -148,6 +148,10 @@ def test_multi_label_label_sets_from_lists_and_text():
     features = Features({"text": Value("string"), "tags": Sequence(ClassLabel(names=["y", "x"]))})
     hub = Dataset.from_dict({"text": ["f"], "tags": [[0]]}, features=features)
     assert task._encode_labels(hub, "test")["labels"] == [[0.0, 1.0]]
+    # A plain ClassLabel column (one label per row, e.g. the built-in reviews): by name too.
+    single = Features({"text": Value("string"), "tags": ClassLabel(names=["x", "y"])})
+    one_each = Dataset.from_dict({"text": ["g", "h"], "tags": [1, 0]}, features=single)
+    assert task._encode_labels(one_each, "test")["labels"] == [[0.0, 1.0], [1.0, 0.0]]
 
 
 def test_multi_label_errors_are_one_line(cli, tiny_bert_dir, genres, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UsageError
+from .base import Task
 from .classification import (
     ClassificationTask,
     LabelSet,
@@ -37,12 +38,12 @@ def row_labels(value, separator: str, names: list[str] | None, split: str) -> li
 
 
 def column_class_names(dataset, column: str) -> list[str] | None:
-    """ClassLabel names of a list-of-ClassLabel column (e.g. a Hub dataset's), else None."""
+    """ClassLabel names of a ClassLabel column or a list-of-ClassLabel one (Hub datasets), else None."""
     feature = dataset.features[column]
     inner = getattr(feature, "feature", None)  # datasets.Sequence
     if inner is None and isinstance(feature, list) and feature:  # datasets.List in some versions
         inner = feature[0]
-    return getattr(inner, "names", None)
+    return getattr(feature, "names", None) or getattr(inner, "names", None)
 
 
 class MultiLabelClassificationTask(ClassificationTask):
@@ -74,10 +75,9 @@ class MultiLabelClassificationTask(ClassificationTask):
     def _problem_type(self) -> str:
         return "multi_label_classification"
 
-    def split(self, train, fraction: float, seed: int):
-        """Seeded random split: label sets are too many combinations to stratify."""
-        parts = train.train_test_split(test_size=fraction, seed=seed)
-        return parts["train"], parts["test"]
+    # The base task's seeded random split, not the stratified one: label sets are too many
+    # combinations to stratify.
+    split = Task.split
 
     def class_weights(self, train) -> list[float]:
         """BCE pos_weight per label: negatives / positives (rare labels weigh more)."""
