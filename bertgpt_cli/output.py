@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .console import make_console, stdout_is_terminal
@@ -51,11 +51,18 @@ class RecordWriter:
         columns: Sequence[str] | None = None,
         text_key: str | None = None,
         title: str | None = None,
+        table_cells: dict[str, Callable[[Any], str]] | None = None,
+        table_shows_input: bool = False,
     ) -> None:
         self.format = resolve_format(fmt)
         self.columns = list(columns) if columns else None
         self.text_key = text_key
         self.title = title
+        # Table only (the formats for programs keep the record as is): readable cells for
+        # nested values, and the input text as a first column, so a person sees which
+        # answer belongs to which text.
+        self.table_cells = table_cells or {}
+        self.input_key = "text" if table_shows_input and self.format == "table" else None
         self._held: list[dict] = []
         self._tsv_header: list[str] | None = None
 
@@ -108,7 +115,8 @@ class RecordWriter:
             table.add_column(name, overflow="fold", min_width=min(len(name), 12))
         for record in self._held:
             style = "red" if "error" in record else None
-            table.add_row(*(_cell(record.get(c)) for c in columns), style=style)
+            cells = [self.table_cells.get(c, _cell)(record[c]) if c in record else "" for c in columns]
+            table.add_row(*cells, style=style)
         make_console(stderr=False).print(table)
 
 

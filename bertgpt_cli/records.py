@@ -170,11 +170,13 @@ def run_stream(
     write: Callable[[dict], None],
     window: int,
     flush: Callable[[], None] = lambda: None,
+    input_key: str | None = None,
 ) -> tuple[int, int]:
     """Process records `window` at a time; write results in input order.
 
     `process_batch` gets the good records of a window and returns, for each, a list of
-    output dicts or a RecordError. Bad records never stop the stream. Returns (ok, failed).
+    output dicts or a RecordError. Bad records never stop the stream. With `input_key`,
+    each output also carries its input text under that key. Returns (ok, failed).
     """
     ok = failed = 0
     iterator = iter(records)
@@ -187,8 +189,9 @@ def run_stream(
                 if isinstance(outcome, RecordError):
                     record.error = str(outcome)
                 else:
+                    shown = {input_key: record.text} if input_key else {}
                     for out in outcome:
-                        write({**record.fields, **out})
+                        write({**shown, **record.fields, **out})
                     ok += 1
                     continue
             report_bad_record(record)
@@ -204,7 +207,7 @@ def stream_to_writer(
     """What every stream command does: run the records into `writer` (always closed, so a
     table or JSON list still shows what was done), then fail if any record failed."""
     try:
-        ok, failed = run_stream(records, process_batch, writer.write, window, writer.flush)
+        ok, failed = run_stream(records, process_batch, writer.write, window, writer.flush, writer.input_key)
     finally:
         writer.close()
     raise_if_failed(ok, failed)

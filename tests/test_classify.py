@@ -84,3 +84,13 @@ def test_jsonl_pass_through_and_bad_lines(cli, tiny_classifier_dir):
     ours = records(result.stdout)
     assert [r.get("id") for r in ours] == [1, None, 3]
     assert ours[1]["line"] == 2 and "label" in ours[2]
+
+
+def test_terminal_table_shows_each_text_with_its_label(cli, tiny_classifier_dir):
+    texts = ["the movie was great", "paris"]
+    jsonl = records(cli(["classify", "-m", str(tiny_classifier_dir), *texts]).stdout)
+    assert all("text" not in r for r in jsonl)  # programs get the record as specified
+    table = cli(["classify", "-m", str(tiny_classifier_dir), "--format", "table", *texts]).stdout
+    rows = [line for line in table.splitlines() if "│" in line]
+    assert [r.split("│")[1].strip() for r in rows] == texts
+    assert [r.split("│")[2].strip() for r in rows] == [r["label"] for r in jsonl]

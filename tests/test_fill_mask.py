@@ -127,3 +127,15 @@ def test_unavailable_device_is_a_usage_error(cli, tiny_bert_dir):
         pytest.skip("a GPU is present")
     result = cli(["fill-mask", "-m", str(tiny_bert_dir), "--device", "cuda", TEXTS[2]])
     assert result.code == 2 and "no CUDA GPU is visible" in result.stderr
+
+
+def test_terminal_table_shows_tokens_and_scores_per_mask(cli, tiny_bert_dir):
+    from bertgpt_cli.commands.fill_mask import predictions_cell
+
+    (record,) = records(cli(["fill-mask", "-m", str(tiny_bert_dir), "--top-k", "2", TEXTS[1]]).stdout)
+    first, second = record["predictions"]
+    expected = ", ".join(f"{p['token_str']} {p['score']:.3f}" for p in first)
+    assert predictions_cell(first) == expected  # one mask
+    assert predictions_cell(record["predictions"]) == expected + " | " + predictions_cell(second)
+    table = cli(["fill-mask", "-m", str(tiny_bert_dir), "--top-k", "2", "--format", "table", TEXTS[1]]).stdout
+    assert "paris is the" in table and first[0]["token_str"] in table and '"token"' not in table

@@ -40,7 +40,7 @@ def run(config: ClassifyConfig) -> None:
         config, config, AutoModelForSequenceClassification, "text classification", check=require_classifier
     )
     classifier = Classifier(model, tokenizer, config)
-    writer = RecordWriter(config.format, text_key="label", columns=None)
+    writer = RecordWriter(config.format, text_key="label", table_shows_input=True)
     stream_to_writer(records, classifier.classify, writer, window=config.batch_size * 8)
 
 
