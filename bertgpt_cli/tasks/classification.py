@@ -29,7 +29,7 @@ class LabelSet:
 
 def label_set(train, label_column: str, label_names: list[str] | None) -> LabelSet:
     """Sorted, deterministic labels from the training data; ClassLabel names when present."""
-    class_names = _class_label_names(train, label_column)
+    class_names = class_label_names(train, label_column)
     if class_names is not None:
         values = class_names
         # A file split may give the ids themselves (0/1 for negative/positive).
@@ -78,13 +78,13 @@ def sorted_label_values(values) -> list[str]:
     return sorted({str(v) for v in values}, key=key)
 
 
-def _class_label_names(dataset, column: str) -> list[str] | None:
+def class_label_names(dataset, column: str) -> list[str] | None:
     return getattr(dataset.features[column], "names", None)  # datasets.ClassLabel
 
 
 def encode_labels(dataset, labels: LabelSet, column: str, split: str):
     """The label column as ids of the training label set, in a column named `labels`."""
-    names = _class_label_names(dataset, column)
+    names = class_label_names(dataset, column)
     as_text = _class_label_text(names, split) if names is not None else _value_text(split)
     present = {as_text(v) for v in set(dataset[column])}  # also rejects rows without a label
     if names is not None and names == labels.class_names:  # same ClassLabel: ids already agree

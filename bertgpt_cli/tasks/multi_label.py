@@ -17,6 +17,7 @@ from .classification import (
     ClassificationTask,
     LabelSet,
     check_seen,
+    class_label_names,
     named,
     no_label_error,
     sorted_label_values,
@@ -43,7 +44,7 @@ def column_class_names(dataset, column: str) -> list[str] | None:
     inner = getattr(feature, "feature", None)  # datasets.Sequence
     if inner is None and isinstance(feature, list) and feature:  # datasets.List in some versions
         inner = feature[0]
-    return getattr(feature, "names", None) or getattr(inner, "names", None)
+    return class_label_names(dataset, column) or getattr(inner, "names", None)
 
 
 class MultiLabelClassificationTask(ClassificationTask):
