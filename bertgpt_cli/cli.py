@@ -27,10 +27,11 @@ from .commands import recipes as recipes_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
-from .options import typer_command
+from .options import PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
 
 app = typer.Typer(
     name="bgcli",
+    cls=PlainHelpGroup,
     help="BERT- and GPT-style models from the shell: fill-mask, generate, classify, fine-tune.",
     rich_markup_mode="rich",
     no_args_is_help=True,
@@ -58,10 +59,13 @@ def _root(
 
 
 def _register(module) -> None:
-    app.command(name=module.NAME, help=module.HELP)(typer_command(module.CONFIG, module.run))
+    app.command(
+        name=module.NAME, help=module.HELP, epilog=examples_epilog(module.EXAMPLES), cls=PlainHelpCommand
+    )(typer_command(module.CONFIG, module.run))
 
 
-for _module in (
+# Order = the order of `bgcli --help` and docs/reference.md.
+COMMAND_MODULES = (
     finetune_command,
     fill_mask_command,
     generate_command,
@@ -69,7 +73,8 @@ for _module in (
     env_command,
     models_command,
     tokenize_command,
-):
+)
+for _module in COMMAND_MODULES:
     _register(_module)
 app.add_typer(recipes_command.APP, name=recipes_command.NAME)
 

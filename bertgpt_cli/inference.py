@@ -23,8 +23,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclasses.dataclass
 class InferenceOptions:
-    batch_size: int = option(32, "Texts per forward pass.", panel="Speed")
-    device: str = option("auto", "auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps.", panel="Speed")
+    batch_size: int = option(32, "Texts per forward pass.", panel="Speed", ge=1)
+    device: str = option(
+        "auto", "auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps.", panel="Speed", metavar="DEVICE"
+    )
     precision: str = option(
         "auto",
         "Weights dtype. auto: fp32 on CPU (exact answers), bf16 on a GPU that has it. "

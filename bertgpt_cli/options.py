@@ -10,14 +10,16 @@ import dataclasses
 import enum
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 
 from .console import set_verbosity
-from .errors import StdoutClosed
+from .errors import StdoutClosed, UsageError
 
 Config = TypeVar("Config")
 
@@ -34,8 +36,15 @@ def option(
     panel: str | None = None,
     metavar: str | None = None,
     flag: str | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
 ) -> Any:
-    """A command-line option; its field name with `_` -> `-` is the flag and the recipe key."""
+    """A command-line option; its field name with `_` -> `-` is the flag and the recipe key.
+
+    `ge`/`gt`/`le`/`lt` bound a number (checked for flags and recipe values alike, before
+    anything is loaded: see `validate_config`)."""
     meta = {
         "kind": "option",
         "help": help,
@@ -44,6 +53,7 @@ def option(
         "panel": panel,
         "metavar": metavar,
         "flag": flag,
+        "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
@@ -60,11 +70,38 @@ def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
+# What a value flag shows in --help when its field names no metavar of its own.
+TYPE_METAVARS = {int: "N", float: "FLOAT", str: "TEXT"}
+
+
+def base_type(annotation: Any) -> Any:
+    """`int | None` -> int; `list[str]` stays list[str]."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def help_metavar(field: dataclasses.Field, annotation: Any) -> str | None:
+    """Flags show no metavar; values show the field's own (PATH, SPEC...) or their type's."""
+    meta = field.metadata
+    if meta.get("metavar") is not None:
+        return meta["metavar"]
+    kind = base_type(annotation)
+    if kind is bool:
+        return ""
+    if meta.get("choices"):
+        return None  # Typer shows the choices
+    if typing.get_origin(kind) is list:
+        kind = typing.get_args(kind)[0]
+    return TYPE_METAVARS.get(kind)
+
+
 def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     meta = field.metadata
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     if meta["kind"] == "argument":
-        info = typer.Argument(help=meta["help"], metavar=meta.get("metavar"), show_default=False)
+        info = typer.Argument(help=meta["help"], metavar=help_metavar(field, annotation), show_default=False)
         default = None
     else:
         decls = [flag_name(field)]
@@ -81,7 +118,7 @@ def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Param
             *decls,
             help=meta["help"],
             rich_help_panel=meta.get("panel"),
-            metavar=meta.get("metavar"),
+            metavar=help_metavar(field, annotation),
         )
         if isinstance(default, list):
             default = None  # Typer wants None for "not given" on multi-value options
@@ -123,6 +160,7 @@ def typer_command(config_cls: type[Config], run: Callable[[Config], Any]) -> Cal
         explicit = {f.name for f in fields if _given_by_user(ctx, f.name)}
         build = getattr(config_cls, "from_command_line", None)
         config = build(kwargs, explicit) if build else config_cls(**kwargs)
+        validate_config(config)
         if isinstance(config, OutputOptions):
             set_verbosity(quiet=config.quiet, debug=config.debug)
         try:
@@ -135,9 +173,111 @@ def typer_command(config_cls: type[Config], run: Callable[[Config], Any]) -> Cal
     return command
 
 
+def validate_config(config: Any) -> None:
+    """Every value within its field's bounds, before any data or model is loaded (exit 2)."""
+    for f in config_fields(type(config)):
+        check_bounds(f, getattr(config, f.name), flag_name(f))
+
+
+def check_bounds(field: dataclasses.Field, value: Any, where: str) -> None:
+    bounds = field.metadata.get("bounds") or {}
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    failed = (
+        ("ge" in bounds and not value >= bounds["ge"])
+        or ("gt" in bounds and not value > bounds["gt"])
+        or ("le" in bounds and not value <= bounds["le"])
+        or ("lt" in bounds and not value < bounds["lt"])
+    )
+    if failed:
+        raise UsageError(f"{where} must be {describe_bounds(bounds)}, not {value}")
+
+
+def describe_bounds(bounds: dict[str, float]) -> str:
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " and ".join(f"{words[k]} {_number(v)}" for k, v in bounds.items())
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def coerce_recipe_value(field: dataclasses.Field, annotation: Any, value: Any, where: str) -> Any:
+    """A recipe's YAML value as the field's type (`epochs: 3` -> 3.0, `lr: 1e-4` -> 0.0001), or a
+    one-line error naming the key (`epochs: three`)."""
+    if value is None:
+        return None
+    kind = base_type(annotation)
+    if field.metadata.get("choices") and value not in field.metadata["choices"]:
+        raise UsageError(f"{where} must be one of {', '.join(field.metadata['choices'])}, not {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{where} must be true or false, not {value!r}")
+    if kind in (int, float):
+        number = _as_number(value, kind)
+        if number is None:
+            noun = "a whole number" if kind is int else "a number"
+            raise UsageError(f"{where} must be {noun}, not {value!r}")
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"{where} must be a single value, not {value!r}")
+        return str(value)
+    if typing.get_origin(kind) is list:
+        items = value if isinstance(value, list) else [value]
+        return [str(v) for v in items]
+    return value
+
+
+def _as_number(value: Any, kind: type) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+        try:
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            return None
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _given_by_user(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _plain_help_params(params: list) -> list:
+    """--help without Typer's type tags: flags (--help, --version, --quiet...) show no
+    metavar, positional texts show their name only; value options keep theirs (N, SPEC...)."""
+    for param in params:
+        if isinstance(param, typer.core.TyperArgument):
+            param.display_type_rich = lambda ctx: ""
+        elif getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class PlainHelpCommand(typer.core.TyperCommand):
+    def get_params(self, ctx):
+        return _plain_help_params(super().get_params(ctx))
+
+
+class PlainHelpGroup(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _plain_help_params(super().get_params(ctx))
+
+
+def examples_epilog(examples: typing.Sequence[str]) -> str:
+    """The end of a command's --help: a few commands to copy (escaped: `[MASK]` is not markup)."""
+    from rich.markup import escape
+
+    return "Examples:\n" + "\n".join(f"  {escape(line)}" for line in examples)
 
 
 # Option groups shared by commands. Commands compose them into their own config.
@@ -177,6 +317,7 @@ class InputOptions:
         "text",
         "JSONL field holding the text; every other field is passed through to the output.",
         panel="Input",
+        metavar="FIELD",
     )
 
 
@@ -186,12 +327,13 @@ class ModelOptions:
         "minilm",
         "Local model dir, Hub id, or built-in alias (see `bgcli models`).",
         short="-m",
+        metavar="MODEL",
         panel="Model",
     )
     offline: bool = option(
         False, "Never touch the network: use local dirs and the HF cache only.", panel="Model"
     )
-    revision: str | None = option(None, "Hub branch, tag or commit.", panel="Model")
+    revision: str | None = option(None, "Hub branch, tag or commit.", panel="Model", metavar="REV")
     trust_remote_code: bool = option(
         False, "Allow running model code from the Hub (off unless you trust the repo).", panel="Model"
     )

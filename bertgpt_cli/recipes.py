@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, first_line
-from .options import config_fields
+from .options import check_bounds, coerce_recipe_value, config_fields
 
 
 def _package_recipes() -> Path:
@@ -85,10 +85,25 @@ def merge(config_cls: type, values: dict[str, Any], explicit: set[str], recipe: 
         path = find_recipe(recipe)
         data = read_recipe(path)
         validate_keys(data, config_cls, str(path))
-        for key, value in data.items():
+        for key, value in checked_values(data, config_cls, path).items():
             if key not in explicit:
                 merged[key] = value
     return config_cls(**merged)
+
+
+def checked_values(data: dict[str, Any], config_cls: type, path: Path) -> dict[str, Any]:
+    """Recipe values as their fields' types and within their bounds, each failure one line
+    naming the key and the file (`epochs: three` fails here, not deep in the Trainer)."""
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name: f for f in config_fields(config_cls)}
+    checked = {}
+    for key, value in data.items():
+        where = f"'{key}' in recipe {path}"
+        checked[key] = coerce_recipe_value(fields[key], hints[key], value, where)
+        check_bounds(fields[key], checked[key], where)
+    return checked
 
 
 def recipe_values(config: Any) -> dict[str, Any]:

@@ -14,16 +14,25 @@ from ..records import read_input_records, stream_to_writer
 
 NAME = "classify"
 HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id)."
+EXAMPLES = (
+    'bgcli classify -m runs/rt "a gorgeous, witty movie"',
+    "cat reviews.jsonl | bgcli classify -m runs/rt --all-scores | jq -c '{id, label: .label, scores}'",
+    "bgcli classify -m runs/rt -i reviews.txt --format tsv > labels.tsv",
+)
 
 
 @dataclass
 class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
     model: str | None = option(
-        None, "Classifier: a finetune run dir or a Hub id (required).", short="-m", panel="Model"
+        None,
+        "Classifier: a finetune run dir or a Hub id (required).",
+        short="-m",
+        metavar="MODEL",
+        panel="Model",
     )
     all_scores: bool = option(False, 'Add every label\'s probability as "scores".', panel="Classify")
     threshold: float = option(
-        0.5, "Multi-label models: labels whose probability reaches this.", panel="Classify"
+        0.5, "Multi-label models: labels whose probability reaches this.", panel="Classify", ge=0, le=1
     )
 
 

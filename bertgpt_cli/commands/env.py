@@ -21,6 +21,10 @@ from ..output import flatten, resolve_format, to_json
 
 NAME = "env"
 HELP = "Show versions, devices, caches and offline state (paste it into bug reports)."
+EXAMPLES = (
+    "bgcli env",
+    "bgcli env --format json | jq .torch",
+)
 
 LIBRARIES = (
     "torch",

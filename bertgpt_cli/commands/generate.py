@@ -16,31 +16,47 @@ from ..skinny_linear import use_skinny_linears
 NAME = "generate"
 HELP = "Continue each prompt with a causal LM (GPT-2, SmolLM2, ...): greedy by default, --sample to sample."
 PANEL = "Generation"
+EXAMPLES = (
+    'bgcli generate -m smollm2 --chat "Recommend a comedy."',
+    'cat prompts.txt | bgcli generate -m gpt2 --max-new-tokens 40 --stop "\\n" | jq -r .completion',
+    'bgcli generate -m gpt2 --sample --temperature 0.8 --seed 7 "Once upon a time"',
+)
 
 
 @dataclass
 class GenerateConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
     model: str = option(
-        "gpt2", "Causal LM: local dir, Hub id, or alias (smollm2 works offline).", short="-m", panel="Model"
+        "gpt2",
+        "Causal LM: local dir, Hub id, or alias (smollm2 works offline).",
+        short="-m",
+        metavar="MODEL",
+        panel="Model",
     )
     batch_size: int = option(
-        32, "Prompts generated together (left-padded; on a CPU 32 is ~1.3x faster than 16).", panel="Speed"
+        32,
+        "Prompts generated together (left-padded; on a CPU 32 is ~1.3x faster than 16).",
+        panel="Speed",
+        ge=1,
     )
-    max_new_tokens: int = option(50, "Most tokens to generate per prompt.", panel=PANEL)
-    min_new_tokens: int = option(0, "Fewest tokens before end-of-text is allowed.", panel=PANEL)
+    max_new_tokens: int = option(50, "Most tokens to generate per prompt.", panel=PANEL, ge=1)
+    min_new_tokens: int = option(0, "Fewest tokens before end-of-text is allowed.", panel=PANEL, ge=0)
     sample: bool = option(False, "Sample instead of greedy decoding.", panel=PANEL)
-    temperature: float = option(1.0, "Sampling temperature (with --sample).", panel=PANEL)
-    top_k: int = option(50, "Sample among the k most likely tokens (with --sample; 0 = all).", panel=PANEL)
-    top_p: float = option(1.0, "Nucleus sampling: smallest set with this total probability.", panel=PANEL)
-    repetition_penalty: float = option(1.0, "Penalty > 1 discourages repeating tokens.", panel=PANEL)
-    no_repeat_ngram_size: int = option(0, "Never repeat an n-gram of this size (0 = off).", panel=PANEL)
-    num_beams: int = option(1, "Beam search width (1 = no beam search).", panel=PANEL)
+    temperature: float = option(1.0, "Sampling temperature (with --sample).", panel=PANEL, gt=0)
+    top_k: int = option(
+        50, "Sample among the k most likely tokens (with --sample; 0 = all).", panel=PANEL, ge=0
+    )
+    top_p: float = option(
+        1.0, "Nucleus sampling: smallest set with this total probability.", panel=PANEL, gt=0, le=1
+    )
+    repetition_penalty: float = option(1.0, "Penalty > 1 discourages repeating tokens.", panel=PANEL, gt=0)
+    no_repeat_ngram_size: int = option(0, "Never repeat an n-gram of this size (0 = off).", panel=PANEL, ge=0)
+    num_beams: int = option(1, "Beam search width (1 = no beam search).", panel=PANEL, ge=1)
     num_return_sequences: int = option(
-        1, "Completions per prompt (records carry sequence_index).", panel=PANEL
+        1, "Completions per prompt (records carry sequence_index).", panel=PANEL, ge=1
     )
     seed: int | None = option(None, "Random seed: same seed, same inputs, same text.", panel=PANEL)
     stop: list[str] = option(
-        [], "Stop at this string (repeatable); it is cut from the completion.", panel=PANEL
+        [], "Stop at this string (repeatable); it is cut from the completion.", panel=PANEL, metavar="TEXT"
     )
     chat: bool = option(
         False, "Wrap each prompt in the model's chat template (instruct models).", panel=PANEL

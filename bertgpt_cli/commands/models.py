@@ -12,6 +12,10 @@ from ..output import RecordWriter
 
 NAME = "models"
 HELP = "List built-in model aliases (offline) and common Hub ids, with size and install state."
+EXAMPLES = (
+    "bgcli models",
+    "bgcli models --format json",
+)
 
 COLUMNS = ("name", "kind", "parameters", "size", "installed", "tasks")  # table/tsv; JSON has all
 

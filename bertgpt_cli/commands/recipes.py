@@ -9,12 +9,17 @@ from pathlib import Path
 import typer
 
 from ..errors import UsageError
-from ..options import OutputOptions, typer_command
+from ..options import OutputOptions, PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
 from ..output import RecordWriter
 from ..recipes import find_recipe, read_recipe, recipe_dirs, recipe_names
 
 NAME = "recipes"
 HELP = "List, show and copy the ready-made fine-tuning recipes."
+EXAMPLES = (
+    "bgcli recipes list",
+    "bgcli recipes show rt-minilm",
+    "bgcli recipes cp rt-minilm my.yaml && bgcli finetune --recipe my.yaml",
+)
 
 
 def header_field(path: Path, field: str) -> str:
@@ -79,21 +84,27 @@ def copy_recipe(name: str, dest: str, overwrite: bool) -> None:
     print(target)
 
 
-APP = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode="rich")
-APP.command("list", help="Recipes with task, model, data and the result measured with them.")(
-    typer_command(ListConfig, list_recipes)
+APP = typer.Typer(
+    help=HELP,
+    epilog=examples_epilog(EXAMPLES),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    cls=PlainHelpGroup,
 )
+APP.command(
+    "list", help="Recipes with task, model, data and the result measured with them.", cls=PlainHelpCommand
+)(typer_command(ListConfig, list_recipes))
 
 
-@APP.command("show", help="Print a recipe (its header says how to run it).")
-def _show(name: str = typer.Argument(..., help="Recipe name or path.")) -> None:
+@APP.command("show", help="Print a recipe (its header says how to run it).", cls=PlainHelpCommand)
+def _show(name: str = typer.Argument(..., help="Recipe name or path.", metavar="NAME")) -> None:
     show_recipe(name)
 
 
-@APP.command("cp", help="Copy a recipe to customise it; run it with --recipe PATH.")
+@APP.command("cp", help="Copy a recipe to customise it; run it with --recipe PATH.", cls=PlainHelpCommand)
 def _cp(
-    name: str = typer.Argument(..., help="Recipe name."),
-    dest: str = typer.Argument(..., help="Destination file or directory."),
+    name: str = typer.Argument(..., help="Recipe name.", metavar="NAME"),
+    dest: str = typer.Argument(..., help="Destination file or directory.", metavar="DEST"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
     copy_recipe(name, dest, overwrite)

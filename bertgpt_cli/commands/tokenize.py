@@ -12,17 +12,21 @@ from ..records import RecordError, read_input_records, stream_to_writer
 
 NAME = "tokenize"
 HELP = "Split texts into a model's tokens: ids, counts, and whether they fit its length limit."
+EXAMPLES = (
+    'bgcli tokenize -m minilm "unbelievably long words"',
+    "cat reviews.txt | bgcli tokenize -m minilm --max-length 128 | jq .fits",
+)
 
 
 @dataclass
 class TokenizeConfig(InputOptions, ModelOptions, OutputOptions):
     max_length: int | None = option(
-        None, "Length limit to check against (default: the model's own limit).", panel="Tokenizer"
+        None, "Length limit to check against (default: the model's own limit).", panel="Tokenizer", ge=1
     )
     special_tokens: bool = option(
         True, "Add the model's special tokens ([CLS], [SEP], <s>...).", panel="Tokenizer"
     )
-    batch_size: int = option(256, "Texts tokenized per call.", panel="Tokenizer")
+    batch_size: int = option(256, "Texts tokenized per call.", panel="Tokenizer", ge=1)
 
 
 CONFIG = TokenizeConfig
