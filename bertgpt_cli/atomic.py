@@ -9,6 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain open() / mkdir() would give under the user's umask (mkstemp and
+    mkdtemp use 0600 / 0700, which would hide a shared model from colleagues)."""
+    current = os.umask(0)
+    os.umask(current)
+    return (0o777 if directory else 0o666) & ~current
+
+
 def temp_prefix(target: Path) -> str:
     return f".{target.name}.tmp-"
 
@@ -23,6 +31,7 @@ def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     temp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         write(temp)
+        os.chmod(temp, umask_mode(directory=True))
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)
@@ -44,6 +53,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(temp, umask_mode())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -94,14 +94,21 @@ def _load_file(path: Path, data_format: str | None, spec: str):
     if not path.is_file():
         raise UsageError(f"data file '{spec}' not found; check the path (or use - for stdin)")
     fmt = detect_file_format(path, data_format, spec)
+    if path.stat().st_size == 0:
+        raise UsageError(f"data file '{spec}' is empty (0 bytes); check the path or the export that wrote it")
     builder, kwargs = _builder_for(fmt)
     import datasets
 
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
         reason = first_line(exc)
+        if "corresponds to no data" in reason:  # datasets' words for a file of no rows
+            raise UsageError(f"data file '{spec}' has no rows (a header at most); check the file") from exc
         raise BgcliError(f"cannot read '{spec}' as {fmt}: {reason}") from exc
+    if len(dataset) == 0:
+        raise UsageError(f"data file '{spec}' has no rows (a header at most); check the file")
+    return dataset
 
 
 def _builder_for(fmt: str) -> tuple[str, dict[str, Any]]:

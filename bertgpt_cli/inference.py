@@ -10,6 +10,7 @@ from typing import Any
 from .console import info, warn
 from .errors import UsageError
 from .model_resolution import (
+    check_tokenizer_fits_model,
     is_head_weight,
     load_config,
     load_model,
@@ -91,6 +92,7 @@ def load_for_inference(
     device = pick_device(speed.device)
     dtype = pick_dtype(speed.precision, device)
     tokenizer = load_tokenizer(resolved, **(tokenizer_kwargs or {}))
+    check_tokenizer_fits_model(resolved, tokenizer, config)
     model, loading = load_model(
         resolved, auto_class, task, config=config, dtype=dtype, output_loading_info=True
     )

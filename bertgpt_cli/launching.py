@@ -46,7 +46,7 @@ def without_option(argv: list[str], flag: str) -> list[str]:
     return kept
 
 
-def relaunch(num_processes: int, extra_args: list[str]) -> int:
+def relaunch(num_processes: int, extra_args: list[str], env: dict[str, str] | None = None) -> int:
     """Run this very command line in `num_processes` workers; returns their exit status."""
     argv = without_option(sys.argv[1:], "--num-processes") + extra_args
     command = [
@@ -65,5 +65,6 @@ def relaunch(num_processes: int, extra_args: list[str]) -> int:
     ]
     info(f"launching {num_processes} processes (torchrun)")
     return subprocess.run(
-        command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        command,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})},
     ).returncode

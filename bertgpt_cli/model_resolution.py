@@ -15,7 +15,7 @@ from .assets import BUILTIN_MODELS
 from .console import info
 from .errors import BgcliError, UsageError, first_line
 from .hub import go_offline, hub_reachable, offline_from_env
-from .run_dirs import unfinished_run_message
+from .run_dirs import last_complete_checkpoint, unfinished_run_message
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
 
@@ -39,7 +39,11 @@ class ResolvedModel:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith("/")
+    """`./x`, `/x`, `~/x`, `a/b/c`, `x/`, or `runs/x` when `runs` is a local folder: a path,
+    never a Hub id (which would fail later with a confusing Hub message)."""
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith("/"):
+        return True
+    return "/" in spec and Path(spec).expanduser().parent.is_dir()
 
 
 def resolve_model(
@@ -122,16 +126,69 @@ def load_config(resolved: ResolvedModel):
     try:
         return AutoConfig.from_pretrained(resolved.location, **resolved.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as exc:
-        raise BgcliError(unavailable_model_message(resolved, first_line(exc))) from exc
+        message = remote_code_message(resolved, exc) or unavailable_model_message(resolved, first_line(exc))
+        raise BgcliError(message) from exc
+
+
+# Any one of these makes a folder's tokenizer loadable (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
     from transformers import AutoTokenizer
 
+    require_tokenizer_files(resolved)
     try:
         return AutoTokenizer.from_pretrained(resolved.location, **resolved.pretrained_kwargs(), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise BgcliError(unavailable_model_message(resolved, first_line(exc))) from exc
+        raise BgcliError(
+            remote_code_message(resolved, exc) or unavailable_model_message(resolved, first_line(exc))
+        ) from exc
+
+
+def require_tokenizer_files(resolved: ResolvedModel) -> None:
+    """Without its tokenizer files transformers builds an empty tokenizer for a local model dir:
+    every word becomes [UNK] and a classifier answers confidently about nothing."""
+    folder = Path(resolved.location)
+    if resolved.source == "hub" or not folder.is_dir() or (folder / "model.gguf").exists():
+        return
+    if any((folder / name).is_file() for name in TOKENIZER_FILES) or list(folder.glob("*.gguf")):
+        return
+    expected = ", ".join(TOKENIZER_FILES[:3])
+    raise UsageError(
+        f"model dir '{resolved.spec}' has no tokenizer files (none of {expected}, ...); "
+        "copy the tokenizer it was trained with into it (tokenizer.save_pretrained(DIR))"
+    )
+
+
+def check_tokenizer_fits_model(resolved: ResolvedModel, tokenizer: Any, config: Any) -> None:
+    """A tokenizer of only special tokens, or one far smaller than the model's embedding
+    matrix, is not the model's own: its ids would point at the wrong rows."""
+    size = len(tokenizer)
+    embedding_rows = getattr(config, "vocab_size", None) or 0
+    only_special = size <= len(set(tokenizer.all_special_ids)) + 1
+    if only_special or (embedding_rows and size < embedding_rows // 2):
+        raise UsageError(
+            f"the tokenizer in '{resolved.spec}' has {size} tokens but the model has {embedding_rows} "
+            "embedding rows: it is not the model's own tokenizer; copy the right tokenizer files "
+            "(tokenizer.json / vocab.txt ...) into the model dir"
+        )
+
+
+def remote_code_message(resolved: ResolvedModel, exc: BaseException) -> str | None:
+    if "trust_remote_code" not in str(exc):
+        return None
+    return (
+        f"model '{resolved.spec}' needs to run its own code from the Hub; pass --trust-remote-code "
+        "only if you trust that repository"
+    )
 
 
 def is_head_weight(key: str, model: Any) -> bool:
@@ -164,8 +221,27 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
     except (OSError, ValueError) as exc:
         detail = first_line(exc)
         if "safetensors" in detail.lower():
-            raise BgcliError(
-                f"model '{resolved.spec}' has no safetensors weights; bgcli does not load pickled "
-                "(.bin) weights: convert it with save_pretrained() in a trusted environment"
-            ) from exc
-        raise BgcliError(unavailable_model_message(resolved, detail)) from exc
+            raise BgcliError(missing_safetensors_message(resolved)) from exc
+        message = remote_code_message(resolved, exc) or unavailable_model_message(resolved, detail)
+        raise BgcliError(message) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own type; not importable cheaply
+            raise
+        weights = Path(resolved.location) / "model.safetensors"
+        raise BgcliError(
+            f"'{weights}' is truncated or corrupt ({first_line(exc)}); re-save or re-download the model"
+        ) from exc
+
+
+def missing_safetensors_message(resolved: ResolvedModel) -> str:
+    """No safetensors file: a pickled-only checkpoint, or a checkpoint whose save was cut off."""
+    folder = Path(resolved.location)
+    if folder.is_dir() and not list(folder.glob("*.bin")):
+        run_dir = folder.parent if folder.name.startswith("checkpoint-") else folder
+        complete = last_complete_checkpoint(run_dir)
+        other = f"; the latest complete one is {complete}" if complete and complete != str(folder) else ""
+        return f"'{resolved.spec}' is incomplete (its save was interrupted: no model weights){other}"
+    return (
+        f"model '{resolved.spec}' has no safetensors weights; bgcli does not load pickled "
+        "(.bin) weights: convert it with save_pretrained() in a trusted environment"
+    )

@@ -31,6 +31,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _tsv_cell(value: Any) -> str:
     text = _cell(value) if not isinstance(value, float) else repr(value)
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
@@ -96,11 +100,13 @@ class RecordWriter:
         sys.stdout.write("\t".join(_tsv_cell(record.get(c)) for c in self._tsv_header) + "\n")
 
     def _write_text(self, record: dict) -> None:
+        """One line per record: newlines inside a value (a multi-line completion) are escaped
+        as `\\n` and backslashes as `\\\\`, as in TSV, so a line is always one record."""
         if self.text_key is not None:
             value = record.get(self.text_key)
-            sys.stdout.write((value if isinstance(value, str) else _cell(value)) + "\n")
+            sys.stdout.write(_one_line(value if isinstance(value, str) else _cell(value)) + "\n")
         else:
-            sys.stdout.write("\t".join(_cell(v) for v in record.values()) + "\n")
+            sys.stdout.write("\t".join(_one_line(_cell(v)) for v in record.values()) + "\n")
 
     def _write_table(self) -> None:
         from rich.table import Table

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +49,25 @@ def read_input_records(
     if texts:
         return (_text_record(i, t) for i, t in enumerate(texts, start=1))
     if input_path in (None, "-"):
+        if sys.stdin is None or sys.stdin.closed:
+            raise UsageError("stdin is closed: pass texts as arguments or --input FILE")
         if input_path is None and _stdin_is_terminal():
             raise UsageError("no input: pass texts as arguments, --input FILE, or pipe them on stdin")
         return _read_lines(sys.stdin.buffer, input_format, text_field, is_jsonl_name=False)
+    return _read_lines(_open_input(input_path), input_format, text_field, input_path.endswith(".jsonl"))
+
+
+def _open_input(input_path: str) -> BinaryIO:
+    """Anything that can be opened for reading: a file, a named pipe, `<(cmd)` (/dev/fd/N)."""
     path = Path(input_path)
-    if not path.is_file():
-        raise UsageError(f"input file '{input_path}' not found; check the path, or use - for stdin")
-    stream = path.open("rb")
-    return _read_lines(stream, input_format, text_field, is_jsonl_name=path.suffix == ".jsonl")
+    if path.is_dir():
+        raise UsageError(f"--input '{input_path}' is a directory; pass a file (or - for stdin)")
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise UsageError(f"input file '{input_path}' not found; check the path, or use - for stdin") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --input '{input_path}': {exc.strerror}") from None
 
 
 def _stdin_is_terminal() -> bool:
@@ -70,8 +83,10 @@ def _read_lines(
     """Decode lines one at a time so endless stdin runs in bounded memory."""
     lines = _decoded_lines(stream)
     if input_format == "auto":
+        # Decided by the first character, so one malformed first line is a bad record
+        # (reported by number), not a silent switch of the whole stream to plain text.
         peeked, lines = _peek_first_non_empty(lines)
-        jsonl = is_jsonl_name or (peeked is not None and _is_json_object(peeked))
+        jsonl = is_jsonl_name or (peeked is not None and peeked.lstrip().startswith("{"))
     else:
         jsonl = input_format == "jsonl"
     for number, text, decode_error in lines:
@@ -111,15 +126,6 @@ def _peek_first_non_empty(lines: Iterator[tuple[int, str, str | None]]):
             first = item[1]
             break
     return first, itertools.chain(buffered, lines)
-
-
-def _is_json_object(text: str) -> bool:
-    if not text.lstrip().startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
-        return False
 
 
 def _text_record(number: int, text: str) -> InputRecord:
@@ -179,8 +185,7 @@ def run_stream(
     each output also carries its input text under that key. Returns (ok, failed).
     """
     ok = failed = 0
-    iterator = iter(records)
-    while chunk := list(itertools.islice(iterator, window)):
+    for chunk in windows(records, window):
         good = [r for r in chunk if r.error is None]
         results = iter(process_batch(good) if good else [])
         for record in chunk:
@@ -199,6 +204,51 @@ def run_stream(
             failed += 1
         flush()
     return ok, failed
+
+
+# How long the input may stay silent before what has arrived is processed: a slow producer
+# (`tail -f log | bgcli classify`) sees each answer at once; a fast one still fills windows.
+INPUT_PAUSE_S = 0.2
+_END = object()
+
+
+def windows(records: Iterable[InputRecord], size: int, pause: float = INPUT_PAUSE_S) -> Iterator[list]:
+    """Chunks of up to `size` records in input order; a chunk closes early when no record
+    arrives for `pause` seconds. A reader thread keeps at most two windows read ahead."""
+    ahead: queue.Queue = queue.Queue(maxsize=2 * size)
+
+    def read() -> None:
+        try:
+            for record in records:
+                ahead.put(record)
+        except BaseException as exc:  # re-raised in the caller's thread
+            ahead.put(_ReadFailure(exc))
+        finally:
+            ahead.put(_END)
+
+    threading.Thread(target=read, name="bgcli-input", daemon=True).start()
+    while True:
+        item = ahead.get()
+        chunk: list = []
+        while item is not _END:
+            if isinstance(item, _ReadFailure):
+                raise item.exc
+            chunk.append(item)
+            if len(chunk) >= size:
+                break
+            try:
+                item = ahead.get(timeout=pause)
+            except queue.Empty:
+                break
+        if chunk:
+            yield chunk
+        if item is _END:
+            return
+
+
+@dataclass
+class _ReadFailure:
+    exc: BaseException
 
 
 def stream_to_writer(

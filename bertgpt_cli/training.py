@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomically
-from .console import VERBOSITY, info
+from .atomic import umask_mode, write_text_atomically
+from .console import VERBOSITY, info, warn
 from .data import load_data
 from .devices import cpu_bf16_units, reuse_freed_memory
 from .errors import UsageError, first_line
-from .model_resolution import load_tokenizer, resolve_model_options
+from .model_resolution import check_tokenizer_fits_model, load_config, load_tokenizer, resolve_model_options
 from .recipes import recipe_values
-from .run_dirs import RUN_CONFIG, last_complete_checkpoint, resume_command
+from .run_dirs import FINAL_TEMP, RUN_CONFIG, last_complete_checkpoint, remove_failed_save, resume_command
 from .tasks import task_class
 
 
@@ -31,6 +31,7 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     with args.main_process_first(desc="model and data preparation"):
         resolved = resolve_model_options(config)
         tokenizer = load_tokenizer(resolved)
+        check_tokenizer_fits_model(resolved, tokenizer, load_config(resolved))
         task = task_class(config)(config, tokenizer)
         train_set, eval_set, test_set = load_splits(config, task)
     model = task.model(resolved)
@@ -46,6 +47,8 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     except KeyboardInterrupt:
         save_interrupted(trainer, run_dir)
         raise
+    if checkpoint:
+        result.metrics["train_loss"] = whole_run_train_loss(result, checkpoint, trainer.state.global_step)
     metrics = collect_metrics(config, trainer, result, eval_set, test_set, task, started)
     metrics.update(before)
     if trainer.is_world_process_zero():
@@ -104,6 +107,22 @@ def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, An
     if trainer.is_world_process_zero():
         before["samples_before"] = task.samples(trainer.model)
     return before
+
+
+TRAIN_LOSS_FILE = "bgcli_train_loss.json"
+
+
+def whole_run_train_loss(result, checkpoint: str, global_step: int) -> float:
+    """The mean training loss over every step of a resumed run, as the uninterrupted run reports
+    it: the loss sum kept with the checkpoint plus the Trainer's mean of the steps since."""
+    segment_mean = result.metrics["train_loss"]
+    saved = Path(checkpoint) / TRAIN_LOSS_FILE
+    if not saved.is_file():  # a checkpoint from before bgcli kept the sum
+        warn("the reported train loss covers only the steps since the resume")
+        return segment_mean
+    before = json.loads(saved.read_text())
+    total = before["loss_sum"] + segment_mean * (global_step - before["step"])
+    return total / max(global_step, 1)
 
 
 def resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
@@ -299,6 +318,17 @@ def trainer_class(task):
                 return EpochSeededLengthGroupedSampler(sampler, seed)
             return sampler
 
+        def _save_checkpoint(self, model, trial):
+            # The Trainer restarts its loss sum on resume, so a resumed run would report the
+            # mean loss of its last segment only; keep the sum so far with the checkpoint,
+            # written before the Trainer's own files (trainer_state.json, last, marks it complete).
+            if self.is_world_process_zero():
+                folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+                loss_sum = self._total_loss_scalar + self._tr_loss.item()
+                so_far = {"step": self.state.global_step, "loss_sum": loss_sum}
+                write_text_atomically(folder / TRAIN_LOSS_FILE, json.dumps(so_far) + "\n")
+            super()._save_checkpoint(model, trial)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not return_outputs:
                 if not self.model_accepts_loss_kwargs:
@@ -376,13 +406,18 @@ def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str,
 
     if not trainer.is_world_process_zero():
         return
-    final = run_dir / ".final-tmp"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
-    (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
-    for item in final.iterdir():
-        os.replace(item, run_dir / item.name)
-    final.rmdir()
+    final = run_dir / FINAL_TEMP
+    try:
+        trainer.save_model(str(final))
+        tokenizer.save_pretrained(str(final))
+        (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
+        for item in final.iterdir():
+            os.chmod(item, umask_mode())
+            os.replace(item, run_dir / item.name)
+        final.rmdir()
+    except BaseException:
+        remove_failed_save(run_dir)  # never leave a model's worth of temp bytes behind
+        raise
     history = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
     write_text_atomically(run_dir / "log_history.jsonl", history)
     from .run_report import write_report

@@ -151,7 +151,9 @@ def test_doc_example_runs(example, tmp_path, fixture_runs, tiny_gpt2_dir, tiny_b
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, f"{example.id} failed:\n{example.code}\n--- stderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{example.id} failed:\n{example.code}\n--- stderr:\n{result.stderr[-3000:]}"
+    )
     assert result.stdout.strip(), f"{example.id} printed nothing on stdout"
     for line in result.stdout.splitlines():
         if line.startswith("{"):
@@ -160,7 +162,9 @@ def test_doc_example_runs(example, tmp_path, fixture_runs, tiny_gpt2_dir, tiny_b
 
 def test_reference_is_current():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_reference.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "scripts" / "gen_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr  # names the command that regenerates it
 

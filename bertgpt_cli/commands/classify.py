@@ -61,6 +61,30 @@ def require_classifier(resolved, config) -> None:
             f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
             "classification head; fine-tune one first (`bgcli finetune`) or pass a classifier"
         )
+    pair_column = getattr(config, "bgcli_text_pair_column", None) or _run_config_pair_column(resolved)
+    if pair_column:
+        raise UsageError(
+            f"model '{resolved.spec}' was trained on sentence pairs (--text-pair-column {pair_column}); "
+            "classify reads single texts and would silently drop the second one: use "
+            "pipeline('text-classification') with text/text_pair until pair input lands here"
+        )
+
+
+def _run_config_pair_column(resolved) -> str | None:
+    """Run dirs written before the pair column was recorded in config.json."""
+    from pathlib import Path
+
+    from ..run_dirs import RUN_CONFIG
+
+    path = Path(resolved.location) / RUN_CONFIG
+    if resolved.source != "local" or not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("text_pair_column")
+    except yaml.YAMLError:
+        return None
 
 
 class Classifier:

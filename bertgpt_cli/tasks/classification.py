@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..console import warn
 from ..data import require_columns
 from ..errors import UsageError
 from .base import Task
@@ -41,6 +42,32 @@ def label_set(train, label_column: str, label_names: list[str] | None) -> LabelS
         values = sorted_label_values(raw)
         value_to_id = {v: i for i, v in enumerate(values)}
     return LabelSet(named(values, label_names), value_to_id, class_names)
+
+
+def require_two_classes(train, label_column: str, source: str) -> None:
+    """A single class trains to a meaningless "accuracy 1.0" and a model that cannot classify."""
+    present = {v for v in train[label_column] if v is not None}
+    if len(present) < 2:
+        only = f"only the value {next(iter(present))!r}" if present else "no values"
+        raise UsageError(
+            f"label column '{label_column}' of {source} has {only}; a classifier needs at least "
+            "two classes (check --label-column)"
+        )
+
+
+def without_empty_texts(dataset, columns: list[str], source: str):
+    """Rows whose text is missing or blank are skipped with a warning that names them."""
+    values = [dataset[column] for column in columns]
+    rows = enumerate(zip(*values, strict=True))
+    empty = [i for i, row in rows if not all(isinstance(t, str) and t.strip() for t in row)]
+    if not empty:
+        return dataset
+    shown = ", ".join(str(i + 1) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    names = "/".join(f"'{c}'" for c in columns)
+    rows_text = f"data rows {shown}, header not counted"
+    warn(f"{source}: skipping {len(empty)} row(s) with an empty {names} ({rows_text})")
+    drop = set(empty)
+    return dataset.select([i for i in range(len(dataset)) if i not in drop])
 
 
 def named(values: list[str], label_names: list[str] | None) -> list[str]:
@@ -136,13 +163,19 @@ class ClassificationTask(Task):
         require_columns(train, columns, c.train_data)
         for split, data in others.items():
             require_columns(data, columns, split)
+        train = without_empty_texts(train, self._text_columns(), c.train_data)
+        others = {k: without_empty_texts(v, self._text_columns(), k) for k, v in others.items()}
         names = [n.strip() for n in c.label_names.split(",")] if c.label_names else None
         self.labels = self._label_set(train, names)
         train = self._tokenize(self._encode_labels(train, "train"))
         others = {k: self._tokenize(self._encode_labels(v, k)) for k, v in others.items()}
         return train, others
 
+    def _text_columns(self) -> list[str]:
+        return [c for c in (self.config.text_column, self.config.text_pair_column) if c]
+
     def _label_set(self, train, names: list[str] | None) -> LabelSet:
+        require_two_classes(train, self.config.label_column, self.config.train_data)
         return label_set(train, self.config.label_column, names)
 
     def _encode_labels(self, dataset, split: str):
@@ -174,6 +207,8 @@ class ClassificationTask(Task):
         config.num_labels = len(self.labels.names)
         config.id2label, config.label2id = self.labels.id2label, self.labels.label2id
         config.problem_type = self._problem_type()
+        # Recorded so that `bgcli classify` knows this model reads sentence pairs.
+        config.bgcli_text_pair_column = self.config.text_pair_column
         return load_model(
             resolved,
             AutoModelForSequenceClassification,
