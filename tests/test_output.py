@@ -47,7 +47,8 @@ def test_tsv_escapes_tabs_and_newlines_and_skips_errors(capsys):
 
 
 def test_text_prints_the_main_field(capsys):
-    assert write_all("text", capsys, text_key="text") == "a\tb\nc\nd\n"
+    # one line per record: a newline inside a value is escaped, as in TSV
+    assert write_all("text", capsys, text_key="text") == "a\tb\nc\\nd\n"
 
 
 def test_table_shows_rows_and_errors(capsys):
