@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +183,8 @@ def run_stream(
     each output also carries its input text under that key. Returns (ok, failed).
     """
     ok = failed = 0
-    for chunk in windows(records, window):
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, window)):
         good = [r for r in chunk if r.error is None]
         results = iter(process_batch(good) if good else [])
         for record in chunk:
@@ -204,51 +203,6 @@ def run_stream(
             failed += 1
         flush()
     return ok, failed
-
-
-# How long the input may stay silent before what has arrived is processed: a slow producer
-# (`tail -f log | bgcli classify`) sees each answer at once; a fast one still fills windows.
-INPUT_PAUSE_S = 0.2
-_END = object()
-
-
-def windows(records: Iterable[InputRecord], size: int, pause: float = INPUT_PAUSE_S) -> Iterator[list]:
-    """Chunks of up to `size` records in input order; a chunk closes early when no record
-    arrives for `pause` seconds. A reader thread keeps at most two windows read ahead."""
-    ahead: queue.Queue = queue.Queue(maxsize=2 * size)
-
-    def read() -> None:
-        try:
-            for record in records:
-                ahead.put(record)
-        except BaseException as exc:  # re-raised in the caller's thread
-            ahead.put(_ReadFailure(exc))
-        finally:
-            ahead.put(_END)
-
-    threading.Thread(target=read, name="bgcli-input", daemon=True).start()
-    while True:
-        item = ahead.get()
-        chunk: list = []
-        while item is not _END:
-            if isinstance(item, _ReadFailure):
-                raise item.exc
-            chunk.append(item)
-            if len(chunk) >= size:
-                break
-            try:
-                item = ahead.get(timeout=pause)
-            except queue.Empty:
-                break
-        if chunk:
-            yield chunk
-        if item is _END:
-            return
-
-
-@dataclass
-class _ReadFailure:
-    exc: BaseException
 
 
 def stream_to_writer(

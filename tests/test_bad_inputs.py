@@ -11,12 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import BGCLI, ROOT
+from .conftest import ROOT
 
 # fmt: off
 # Records on stdout: None = don't care, [] = nothing, else a list of dicts each record must contain.
@@ -256,30 +255,6 @@ def test_input_from_process_substitution_and_named_pipe(places, tmp_path):
     result = _bgcli_in_bash(f"(printf 'good\\n' > {fifo} &) ; BGCLI classify -m {places['cls']} -i {fifo}")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
-
-
-def test_a_slow_producer_sees_each_answer_before_its_next_line(places):
-    proc = subprocess.Popen(
-        BGCLI + ["classify", "-m", places["cls"], "--format", "jsonl"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        answers = []
-        for text in ("a gorgeous movie", "dull and lifeless"):
-            proc.stdin.write(text + "\n")
-            proc.stdin.flush()
-            started = time.monotonic()
-            answers.append(json.loads(proc.stdout.readline()))  # blocks until the answer comes
-            assert time.monotonic() - started < 60
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-        assert all("label" in a for a in answers)
-    finally:
-        proc.kill()
 
 
 def test_text_format_keeps_one_record_per_line(capsys):
