@@ -104,11 +104,15 @@ def _load_file(path: Path, data_format: str | None, spec: str):
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
         reason = first_line(exc)
         if "corresponds to no data" in reason:  # datasets' words for a file of no rows
-            raise UsageError(f"data file '{spec}' has no rows (a header at most); check the file") from exc
+            raise _no_rows(spec) from exc
         raise BgcliError(f"cannot read '{spec}' as {fmt}: {reason}") from exc
     if len(dataset) == 0:
-        raise UsageError(f"data file '{spec}' has no rows (a header at most); check the file")
+        raise _no_rows(spec)
     return dataset
+
+
+def _no_rows(spec: str) -> UsageError:
+    return UsageError(f"data file '{spec}' has no rows (a header at most); check the file")
 
 
 def _builder_for(fmt: str) -> tuple[str, dict[str, Any]]:

@@ -126,8 +126,7 @@ def load_config(resolved: ResolvedModel):
     try:
         return AutoConfig.from_pretrained(resolved.location, **resolved.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as exc:
-        message = remote_code_message(resolved, exc) or unavailable_model_message(resolved, first_line(exc))
-        raise BgcliError(message) from exc
+        raise BgcliError(load_failure_message(resolved, exc)) from exc
 
 
 # Any one of these makes a folder's tokenizer loadable (fast, WordPiece, BPE, SentencePiece).
@@ -148,19 +147,17 @@ def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
     try:
         return AutoTokenizer.from_pretrained(resolved.location, **resolved.pretrained_kwargs(), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise BgcliError(
-            remote_code_message(resolved, exc) or unavailable_model_message(resolved, first_line(exc))
-        ) from exc
+        raise BgcliError(load_failure_message(resolved, exc)) from exc
 
 
 def require_tokenizer_files(resolved: ResolvedModel) -> None:
     """Without its tokenizer files transformers builds an empty tokenizer for a local model dir:
     every word becomes [UNK] and a classifier answers confidently about nothing."""
     folder = Path(resolved.location)
-    if resolved.source == "hub" or not folder.is_dir() or (folder / "model.gguf").exists():
+    if resolved.source == "hub" or not folder.is_dir():
         return
-    if any((folder / name).is_file() for name in TOKENIZER_FILES) or list(folder.glob("*.gguf")):
-        return
+    if any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.gguf")):
+        return  # a GGUF file carries its tokenizer
     expected = ", ".join(TOKENIZER_FILES[:3])
     raise UsageError(
         f"model dir '{resolved.spec}' has no tokenizer files (none of {expected}, ...); "
@@ -182,13 +179,15 @@ def check_tokenizer_fits_model(resolved: ResolvedModel, tokenizer: Any, config: 
         )
 
 
-def remote_code_message(resolved: ResolvedModel, exc: BaseException) -> str | None:
-    if "trust_remote_code" not in str(exc):
-        return None
-    return (
-        f"model '{resolved.spec}' needs to run its own code from the Hub; pass --trust-remote-code "
-        "only if you trust that repository"
-    )
+def load_failure_message(resolved: ResolvedModel, exc: BaseException) -> str:
+    """One line for a config, tokenizer or weights load that failed: remote code is named as
+    such (the fix is a flag), anything else as an unavailable model."""
+    if "trust_remote_code" in str(exc):
+        return (
+            f"model '{resolved.spec}' needs to run its own code from the Hub; pass --trust-remote-code "
+            "only if you trust that repository"
+        )
+    return unavailable_model_message(resolved, first_line(exc))
 
 
 def is_head_weight(key: str, model: Any) -> bool:
@@ -222,8 +221,7 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
         detail = first_line(exc)
         if "safetensors" in detail.lower():
             raise BgcliError(missing_safetensors_message(resolved)) from exc
-        message = remote_code_message(resolved, exc) or unavailable_model_message(resolved, detail)
-        raise BgcliError(message) from exc
+        raise BgcliError(load_failure_message(resolved, exc)) from exc
     except Exception as exc:
         if type(exc).__name__ != "SafetensorError":  # safetensors' own type; not importable cheaply
             raise

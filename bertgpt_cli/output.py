@@ -32,12 +32,13 @@ def _cell(value: Any) -> str:
 
 
 def _one_line(text: str) -> str:
+    """Backslashes, newlines and CRs escaped, so a value never spans lines."""
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _tsv_cell(value: Any) -> str:
     text = _cell(value) if not isinstance(value, float) else repr(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return _one_line(text).replace("\t", "\\t")
 
 
 class RecordWriter:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import umask_mode, write_text_atomically
+from .atomic import write_text_atomically
 from .console import VERBOSITY, info, warn
 from .data import load_data
 from .devices import cpu_bf16_units, reuse_freed_memory
@@ -412,7 +412,6 @@ def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str,
         tokenizer.save_pretrained(str(final))
         (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
         for item in final.iterdir():
-            os.chmod(item, umask_mode())
             os.replace(item, run_dir / item.name)
         final.rmdir()
     except BaseException:

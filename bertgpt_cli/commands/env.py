@@ -23,7 +23,7 @@ NAME = "env"
 HELP = "Show versions, devices, caches and offline state (paste it into bug reports)."
 EXAMPLES = (
     "bgcli env",
-    "bgcli env --format json | jq .torch",
+    "bgcli env --format json | jq .versions",
 )
 
 LIBRARIES = (
