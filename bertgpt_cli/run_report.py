@@ -12,7 +12,8 @@ def write_report(run_dir: Path, config, task, metrics: dict[str, Any], history: 
     plots = plot_curves(run_dir, history)
     report = metrics.get("test_report") or {}
     if "confusion_matrix" in report:  # single-label only: label sets have one 2x2 matrix per label
-        plots.append(plot_confusion(run_dir, report["confusion_matrix"], metrics["run"]["labels"]))
+        names = report.get("confusion_labels") or metrics["run"]["labels"]  # NER: entity types
+        plots.append(plot_confusion(run_dir, report["confusion_matrix"], names))
     write_text_atomically(run_dir / "README.md", model_card(config, task, metrics, plots))
 
 
@@ -34,7 +35,13 @@ def plot_curves(run_dir: Path, history: list[dict]) -> list[str]:
     ax.legend()
     if evals:
         metric_axis = ax.twinx()
-        choices = ("eval_f1_macro", "eval_accuracy", "eval_top5_accuracy", "eval_next_token_accuracy")
+        choices = (
+            "eval_f1_macro",
+            "eval_f1",
+            "eval_accuracy",
+            "eval_top5_accuracy",
+            "eval_next_token_accuracy",
+        )
         key = next((k for k in choices if k in evals[0][1]), None)
         if key:
             metric_axis.plot(
@@ -62,7 +69,12 @@ def plot_confusion(run_dir: Path, matrix: list[list[int]], names: list[str]) -> 
     return "confusion_matrix.png"
 
 
-COMMANDS = {"text-classification": "classify", "fill-mask": "fill-mask", "text-generation": "generate"}
+COMMANDS = {
+    "text-classification": "classify",
+    "token-classification": "ner",
+    "fill-mask": "fill-mask",
+    "text-generation": "generate",
+}
 
 
 def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
@@ -101,6 +113,7 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        *task.report_lines(metrics),
         *sample_lines(metrics),
         "Reproduce: `bgcli finetune --recipe bgcli_config.yaml --output NEW_DIR`. "
         f"Use: `bgcli {COMMANDS[task.pipeline_tag]} -m THIS_DIR` or "

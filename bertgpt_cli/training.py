@@ -162,12 +162,12 @@ def write_config(config, run_dir: Path) -> None:
 
 
 def load_splits(config, task):
-    train = load_data(config.train_data, config.data_format)
+    train = load_data(config.train_data, config.data_format, config.tag_column)
     others = {}
     if config.eval_data:
-        others["eval"] = load_data(config.eval_data, config.data_format)
+        others["eval"] = load_data(config.eval_data, config.data_format, config.tag_column)
     if config.test_data:
-        others["test"] = load_data(config.test_data, config.data_format)
+        others["test"] = load_data(config.test_data, config.data_format, config.tag_column)
     train, others = task.prepare(train, others)
     eval_set = others.get("eval")
     if eval_set is None and config.eval_split > 0:
@@ -318,6 +318,14 @@ def trainer_class(task):
                 return EpochSeededLengthGroupedSampler(sampler, seed)
             return sampler
 
+        def _get_eval_sampler(self, eval_dataset):
+            if task.ordered_eval and self.args.world_size <= 1:
+                from torch.utils.data import SequentialSampler
+
+                return SequentialSampler(eval_dataset)
+            # Distributed: no sampler, so accelerate shards batches in order and gathers them back.
+            return None if task.ordered_eval else super()._get_eval_sampler(eval_dataset)
+
         def _save_checkpoint(self, model, trial):
             # The Trainer restarts its loss sum on resume, so a resumed run would report the
             # mean loss of its last segment only; keep the sum so far with the checkpoint,
@@ -367,8 +375,10 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
 
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
     if eval_set is not None:
+        task.evaluating("eval")
         metrics["eval"] = final_evaluation(trainer) or trainer.evaluate(eval_set, metric_key_prefix="eval")
     if test_set is not None:
+        task.evaluating("test")
         prediction = trainer.predict(test_set, metric_key_prefix="test")
         metrics["test"] = dict(prediction.metrics)
         report = task.test_report(prediction)

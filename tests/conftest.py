@@ -69,7 +69,7 @@ def cli():
     return run_cli
 
 
-def _wordpiece_tokenizer():
+def _wordpiece_tokenizer(lines: list[str] = CORPUS):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -80,7 +80,7 @@ def _wordpiece_tokenizer():
     # every test process got another vocabulary, hence another random model (a flaky test).
     # Corpus words are whole tokens; other words split into ##characters, as WordPiece does.
     words = sorted(
-        {w for line in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))}
+        {w for line in lines for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))}
     )
     chars = sorted({c for w in words for c in w})
     vocab = specials + words + [c for c in chars if c not in words] + ["##" + c for c in chars]
@@ -238,3 +238,43 @@ def tiny_classifier_dir(tmp_path_factory, tiny_bert_dir) -> Path:
 def tiny_multilabel_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     folder = tmp_path_factory.mktemp("tiny-multilabel")
     return _tiny_classifier(folder, tiny_bert_dir, ["action", "comedy", "drama"], multi_label=True)
+
+
+NER_LABELS = ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]
+# Words for the NER fixtures: names, places, and Chinese characters (offsets are characters).
+NER_LINES = [
+    "angela merkel met emmanuel macron in paris",
+    "the united nations office in new york hired john smith",
+    "我爱北京天安门",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_dir(tmp_path_factory) -> Path:
+    """A random 2-layer BERT token classifier (BIO labels, large weights so that it tags
+    things) with a WordPiece tokenizer that knows CORPUS, NER_LINES and Chinese characters."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("tiny-ner")
+    tokenizer = _wordpiece_tokenizer(CORPUS + NER_LINES)
+    config = BertConfig(
+        **tiny_bert_sizes(tokenizer),
+        id2label=dict(enumerate(NER_LABELS)),
+        label2id={name: i for i, name in enumerate(NER_LABELS)},
+    )
+    model = BertForTokenClassification(config)
+    # Large word embeddings and classifier, small layers in between: the tag depends on the
+    # token (so there are entities of several types), a little on its neighbours.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.05)
+            elif "LayerNorm.weight" not in name:
+                param.zero_()
+        model.bert.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
+        model.classifier.weight.normal_(0.0, 1.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

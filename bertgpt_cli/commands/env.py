@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..assets import BUILTIN_MODELS, MOVIE_REVIEWS, cache_dirs, hf_home, package_version, smollm2_cache_dir
+from ..assets import (
+    BUILTIN_MODELS,
+    CONLL2003,
+    MOVIE_REVIEWS,
+    cache_dirs,
+    hf_home,
+    package_version,
+    smollm2_cache_dir,
+)
 from ..console import make_console
 from ..devices import cpu_bf16_units, cpu_model
 from ..errors import first_line
@@ -125,7 +133,7 @@ def _assets() -> dict[str, Any]:
             "version": package_version(asset.distribution),
             "installed": asset.installed(),
         }
-        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS)
+        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS, CONLL2003)
     }
     assets["smollm2"]["converted"] = (smollm2_cache_dir() / "config.json").is_file()
     return assets

@@ -30,10 +30,11 @@ from ..run_dirs import (
 
 NAME = "finetune"
 HELP = (
-    "Fine-tune with the HF Trainer: sequence classification, masked-LM (mlm) or causal-LM (clm); "
-    "recipes in recipes/."
+    "Fine-tune with the HF Trainer: sequence classification, named entities (ner), masked-LM (mlm) "
+    "or causal-LM (clm); recipes in recipes/."
 )
 DATA, TRAIN, LM, RUN = "Data", "Training", "Language modeling (--task mlm|clm)", "Run"
+NER = "Named entities (--task ner)"
 EXAMPLES = (
     "bgcli finetune --recipe rt-minilm",
     "bgcli finetune -m minilm --train-data reviews.csv --label-column sentiment -o runs/rt",
@@ -51,8 +52,9 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     )
     task: str = option(
         "classification",
-        "classification (labels), mlm (BERT-style masked LM) or clm (GPT-style next-token LM).",
-        choices=("classification", "mlm", "clm"),
+        "classification (labels), ner (a tag per word), mlm (BERT-style masked LM) or clm "
+        "(GPT-style next-token LM).",
+        choices=("classification", "ner", "mlm", "clm"),
         panel=RUN,
     )
     model: str = option(
@@ -85,7 +87,34 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     )
     label_separator: str = option(",", "Splits a text label column for --multi-label.", panel=DATA)
     data_format: str | None = option(
-        None, "Force the file format (csv, tsv, json, jsonl, parquet, text).", panel=DATA
+        None, "Force the file format (csv, tsv, json, jsonl, parquet, text, conll).", panel=DATA
+    )
+    tokens_column: str = option(
+        "tokens", "Column with each record's list of words.", panel=NER, metavar="COLUMN"
+    )
+    tags_column: str = option(
+        "ner_tags",
+        "Column with each record's list of tags (names or ClassLabel ids).",
+        panel=NER,
+        metavar="COLUMN",
+    )
+    entities_column: str = option(
+        "entities",
+        "Column with character spans [{start, end, label}] over --text-column (annotation-tool exports).",
+        panel=NER,
+        metavar="COLUMN",
+    )
+    tag_column: int | None = option(
+        None, "CoNLL files: the column (from 1) that holds the tag (default: the last).", panel=NER, ge=2
+    )
+    tag_scheme: str = option(
+        "auto",
+        "Tag scheme of the data, normalised to BIO (auto: detected from the training tags).",
+        choices=("auto", "io", "iob1", "bio", "bioes", "bilou"),
+        panel=NER,
+    )
+    label_all_tokens: bool = option(
+        False, "Train on every sub-token of a word, not only the first (scores stay per word).", panel=NER
     )
     epochs: float = option(3.0, "Training epochs.", panel=TRAIN, gt=0)
     max_steps: int = option(
@@ -94,7 +123,12 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN, ge=0)
     batch_size: int = option(32, "Examples per device per step.", panel=TRAIN, ge=1)
     grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
-    max_length: int = option(128, "Truncate texts to this many tokens.", panel=TRAIN, ge=2)
+    max_length: int = option(
+        128,
+        "Truncate texts to this many tokens (ner: longer sentences are split into windows).",
+        panel=TRAIN,
+        ge=4,
+    )
     warmup: float = option(
         0.0, "Warmup: a fraction of training (< 1) or a number of steps.", panel=TRAIN, ge=0
     )
@@ -124,9 +158,9 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     )
     metric: str | None = option(
         None,
-        "Metric for the best model (default f1_macro; loss for mlm/clm): accuracy, f1_macro, "
-        "precision_macro, recall_macro, any evaluate metric (needs the Hub); mlm/clm: loss, "
-        "perplexity, top5_accuracy...",
+        "Metric for the best model (default f1_macro; f1 for ner; loss for mlm/clm): accuracy, "
+        "f1_macro, precision_macro, recall_macro, any evaluate metric (needs the Hub); ner: f1, "
+        "precision, recall, accuracy, f1_TYPE; mlm/clm: loss, perplexity, top5_accuracy...",
         panel=TRAIN,
     )
     save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN, ge=1)
@@ -285,6 +319,10 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError("--early-stopping watches eval data: pass --eval-data or --eval-split 0.1")
     if config.multi_label and config.task != "classification":
         raise UsageError(f"--multi-label applies to classification, not --task {config.task}")
+    ner_only = {"tag_column": None, "tag_scheme": "auto", "label_all_tokens": False}
+    for name, default in ner_only.items():
+        if getattr(config, name) != default and config.task != "ner":
+            raise UsageError(f"--{name.replace('_', '-')} applies to --task ner, not --task {config.task}")
     if config.class_weights == "auto" and config.task != "classification":
         raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")
     if not 0 < config.mlm_probability < 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-LOCAL_METRICS = ("accuracy", "f1", "precision", "recall")
+LOCAL_METRICS = ("accuracy", "f1", "precision", "recall", "seqeval")
 
 
 def load_metric(name: str, config_name: str | None = None):
@@ -53,3 +53,19 @@ class ClassificationMetrics:
         for metric in self.extra.values():
             scores.update(metric.compute(**kwargs))
         return {k: float(v) for k, v in scores.items()}
+
+
+class EntityMetrics:
+    """Entity-level micro precision / recall / F1 (as conlleval and seqeval count them), token
+    accuracy, and F1 per entity type (`f1_PER`), from BIO tag sequences, for Trainer."""
+
+    def __init__(self):
+        self.metric = load_metric("seqeval")
+
+    def __call__(self, predictions: list[list[str]], references: list[list[str]]) -> dict[str, float]:
+        scores = self.metric.compute(predictions=predictions, references=references)
+        flat = {name: scores[f"overall_{name}"] for name in ("precision", "recall", "f1", "accuracy")}
+        for kind, values in sorted(scores.items()):
+            if isinstance(values, dict):
+                flat[f"f1_{kind}"] = values["f1"]
+        return flat

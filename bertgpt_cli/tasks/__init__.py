@@ -7,11 +7,13 @@ from .base import Task
 from .classification import ClassificationTask, LabelSet
 from .language_modeling import CausalLMTask, MaskedLMTask
 from .multi_label import MultiLabelClassificationTask
+from .ner import NerTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "mlm": MaskedLMTask,
     "clm": CausalLMTask,
+    "ner": NerTask,
 }
 
 
@@ -29,6 +31,7 @@ __all__ = [
     "LabelSet",
     "MaskedLMTask",
     "MultiLabelClassificationTask",
+    "NerTask",
     "Task",
     "task_class",
 ]

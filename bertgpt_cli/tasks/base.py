@@ -15,6 +15,9 @@ class Task:
     pipeline_tag = ""
     default_metric = "loss"
     card_metrics: tuple[str, ...] = ("loss",)
+    # The Trainer reads eval data in length-grouped order; a task whose metrics map
+    # predictions back to records by position needs them in dataset order.
+    ordered_eval = False
 
     def __init__(self, config, tokenizer):
         self.config = config
@@ -51,6 +54,10 @@ class Task:
         """(loss, predictions, labels) for one eval batch, or None for the Trainer's own."""
         return None
 
+    def evaluating(self, split: str) -> None:
+        """Called before the final evaluation of a split ("eval", "test"), for tasks whose
+        metrics need more than the predictions (NER puts windows back into sentences)."""
+
     def test_report(self, prediction) -> dict[str, Any] | None:
         """Extra test-set report (e.g. per-class scores and a confusion matrix)."""
         return None
@@ -62,6 +69,10 @@ class Task:
     def run_info(self) -> dict[str, Any]:
         """Task facts for metrics.json and the model card."""
         return {}
+
+    def report_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """Extra model-card sections (markdown lines) from the final metrics."""
+        return []
 
     def card_notes(self) -> list[str]:
         """Model-card bullet points specific to this task."""
