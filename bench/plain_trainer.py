@@ -5,6 +5,8 @@ a user would without bgcli. Prints the Trainer's train metrics (and test accurac
   into blocks;
 - classification (run_glue): padding to --max-length, fp32; `--padding dynamic
   --group-by-length` is the same script with dynamic padding and length-grouped batches.
+- ner (run_ner): first sub-token labels, dynamic padding, truncation at the tokenizer's
+  limit, fp32; entity F1 on --test (JSONL tokens/ner_tags) counted by seqeval.
 
     python bench/plain_trainer.py --task mlm|clm|classification --model DIR --data F.jsonl --out DIR
 """
@@ -18,7 +20,7 @@ from itertools import chain
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=("mlm", "clm", "classification"), required=True)
+    parser.add_argument("--task", choices=("mlm", "clm", "classification", "ner"), required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
@@ -35,6 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.task == "classification":
         classification(args)
+        return
+    if args.task == "ner":
+        ner(args)
         return
 
     from datasets import load_dataset
@@ -155,6 +160,66 @@ def classification(args) -> None:
         metrics["test_accuracy"] = float(
             (np.argmax(prediction.predictions, -1) == prediction.label_ids).mean()
         )
+    print(json.dumps(metrics))
+
+
+def ner(args) -> None:
+    """As run_ner.py: labels from the training data, the first sub-token of a word tagged."""
+    import numpy as np
+    from datasets import load_dataset
+    from seqeval.metrics import f1_score
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    train_raw = load_dataset("json", data_files=args.data, split="train")
+    labels = sorted({t for row in train_raw["ner_tags"] for t in row})
+    label_to_id = {name: i for i, name in enumerate(labels)}
+    model = AutoModelForTokenClassification.from_pretrained(
+        args.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_to_id
+    )
+
+    def tokenize_and_align_labels(batch):
+        encoded = tokenizer(batch["tokens"], truncation=True, is_split_into_words=True)
+        all_labels = []
+        for i, tags in enumerate(batch["ner_tags"]):
+            previous, row = None, []
+            for word in encoded.word_ids(i):
+                row.append(-100 if word is None or word == previous else label_to_id[tags[word]])
+                previous = word
+            all_labels.append(row)
+        encoded["labels"] = all_labels
+        return encoded
+
+    def load(path):
+        raw = load_dataset("json", data_files=path, split="train")
+        return raw.map(tokenize_and_align_labels, batched=True, remove_columns=raw.column_names)
+
+    training_args = TrainingArguments(**common_settings(args), num_train_epochs=args.epochs)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=load(args.data),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        processing_class=tokenizer,
+    )
+    metrics = trainer.train().metrics
+    if args.test:
+        prediction = trainer.predict(load(args.test))
+        best = np.argmax(prediction.predictions, -1)
+        gold = [[labels[g] for g in row if g != -100] for row in prediction.label_ids]
+        predicted = [
+            [labels[p] for p, g in zip(p_row, g_row, strict=True) if g != -100]
+            for p_row, g_row in zip(best, prediction.label_ids, strict=True)
+        ]
+        metrics["test_f1"] = float(f1_score(gold, predicted))
     print(json.dumps(metrics))
 
 

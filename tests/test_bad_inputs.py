@@ -44,12 +44,23 @@ CASES = [
     ("header-only CSV", ["finetune", "-m", "{mlm}", "--train-data", "{header_only}", "-o", "{out}"], None, 2, "has no rows", None),
     ("0-byte CSV", ["finetune", "-m", "{mlm}", "--train-data", "{zero_bytes}", "-o", "{out}"], None, 2, "is empty (0 bytes)", None),
     ("one-class labels", ["finetune", "-m", "{mlm}", "--train-data", "{one_class}", "-o", "{out}"], None, 2, "label column 'label' of", None),
+    ("ner min-score above 1", ["ner", "-m", "{ner}", "--min-score", "1.5", "paris"], None, 2, "--min-score must be >= 0 and <= 1", []),
+    ("ner with a sentence classifier", ["ner", "-m", "{cls}", "paris"], None, 2, "no trained token-classification head", []),
+    ("ner bad JSONL record", ["ner", "-m", "{ner}"], '{"text": "paris"}\n{"id": 2}\n', 1, "line 2: no 'text' field", [{"entities": None}, {"line": 2}]),
+    ("ner CoNLL line of one column", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{conll_one_column}", "-o", "{out}"], None, 2, "line 2 of", None),
+    ("ner tag column past the end", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{conll}", "--tag-column", "9", "-o", "{out}"], None, 2, "--tag-column 9 but line 1", None),
+    ("ner tokens and tags differ", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{ner_mismatch}", "-o", "{out}"], None, 2, "record 1 has 2 tokens but 1 tags", None),
+    ("ner data without NER columns", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{csv}", "-o", "{out}"], None, 2, "NER data needs token lists", None),
+    ("ner data with only O", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{conll_only_o}", "-o", "{out}"], None, 2, "has no entity tags", None),
+    ("conll2003 unknown split", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "conll2003@dev", "-o", "{out}"], None, 2, "unknown split '@dev' for conll2003", None),
 ]
 # fmt: on
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, tiny_gpt2_dir) -> dict[str, str]:
+def places(
+    tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir
+) -> dict[str, str]:
     root = tmp_path_factory.mktemp("bad-inputs")
     no_tokenizer = _copy_model(tiny_classifier_dir, root / "no-tokenizer", keep_tokenizer=False)
     wrong_tokenizer = _copy_model(tiny_classifier_dir, root / "wrong-tokenizer", keep_tokenizer=False)
@@ -69,6 +80,12 @@ def places(tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, tiny_gpt2_dir) 
     (root / "header.csv").write_text("text,label\n")
     (root / "zero.csv").write_text("")
     (root / "one.csv").write_text("text,label\n" + "".join(f"text {i},good\n" for i in range(8)))
+    (root / "train.conll").write_text("paris B-LOC\nis O\n\nrome B-LOC\n")
+    (root / "one-column.conll").write_text("paris B-LOC\nis\n")
+    (root / "only-o.conll").write_text("paris O\nis O\n")
+    (root / "mismatch.jsonl").write_text(
+        json.dumps({"tokens": ["paris", "is"], "ner_tags": ["B-LOC"]}) + "\n"
+    )
     recipe = root / "bad.yaml"
     recipe.write_text(f"model: {tiny_bert_dir}\ntrain_data: {csv}\nepochs: three\n")
     return {
@@ -85,6 +102,11 @@ def places(tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, tiny_gpt2_dir) 
         "header_only": str(root / "header.csv"),
         "zero_bytes": str(root / "zero.csv"),
         "one_class": str(root / "one.csv"),
+        "ner": str(tiny_ner_dir),
+        "conll": str(root / "train.conll"),
+        "conll_one_column": str(root / "one-column.conll"),
+        "conll_only_o": str(root / "only-o.conll"),
+        "ner_mismatch": str(root / "mismatch.jsonl"),
     }
 
 
@@ -143,7 +165,9 @@ def test_finetune_refuses_a_folder_of_other_files(cli, places, tmp_path):
     (mine / "README.md").write_text("my notes")
     (mine / "config.json").write_text("{}")
     for extra in ([], ["--overwrite"]):
-        result = cli(["finetune", "-m", places["mlm"], "--train-data", places["csv"], "-o", str(mine), *extra])
+        result = cli(
+            ["finetune", "-m", places["mlm"], "--train-data", places["csv"], "-o", str(mine), *extra]
+        )
         assert result.code == 2 and "holds files bgcli did not write" in result.stderr
     assert (mine / "README.md").read_text() == "my notes"
     assert sorted(p.name for p in mine.iterdir()) == ["README.md", "config.json"]

@@ -88,9 +88,12 @@ bgcli() {
 
 
 @pytest.fixture(scope="module")
-def fixture_runs(tiny_classifier_dir, tiny_multilabel_dir, tiny_bert_dir, tiny_gpt2_dir) -> dict[str, Path]:
+def fixture_runs(
+    tiny_classifier_dir, tiny_multilabel_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir
+) -> dict[str, Path]:
     return {
         "rt": tiny_classifier_dir,
+        "ner": tiny_ner_dir,
         "genres": tiny_multilabel_dir,
         "mlm": tiny_bert_dir,
         "movies-minilm-mlm": tiny_bert_dir,
@@ -110,6 +113,19 @@ def write_inputs(folder: Path) -> None:
     rows = "".join(f'"{t}",{"positive" if i % 2 == 0 else "negative"}\n' for i, t in enumerate(reviews))
     (folder / "reviews.csv").write_text("text,sentiment\n" + rows)
     (folder / "test.csv").write_text("text,sentiment\n" + rows)
+    news = [
+        "Angela Merkel met Emmanuel Macron in Paris.",
+        "The United Nations office in New York hired John Smith.",
+    ]
+    (folder / "news.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(news))
+    )
+    (folder / "news.txt").write_text("\n".join(news) + "\n")
+    tagged = [("Angela", "B-PER"), ("Merkel", "I-PER"), ("met", "O"), ("Macron", "B-PER"), ("in", "O")]
+    tagged += [("Paris", "B-LOC"), (".", "O")]
+    conll = "".join(f"{word} {tag}\n" for word, tag in tagged) + "\n"
+    (folder / "train.conll").write_text(conll * 12)
+    (folder / "dev.conll").write_text(conll * 2)
     genres = [["comedy"], ["drama"], ["comedy", "romance"], []]
     (folder / "movies.jsonl").write_text(
         "".join(json.dumps({"text": t, "genres": genres[i % 4]}) + "\n" for i, t in enumerate(reviews))
@@ -182,7 +198,8 @@ def test_reference_lists_every_flag():
 
 
 @pytest.mark.parametrize(
-    "command", ["finetune", "fill-mask", "generate", "classify", "env", "models", "tokenize", "recipes"]
+    "command",
+    ["finetune", "fill-mask", "generate", "classify", "ner", "env", "models", "tokenize", "recipes"],
 )
 def test_help_ends_with_examples_and_shows_no_type_tags(cli, command):
     result = cli([command, "--help"])

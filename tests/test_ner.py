@@ -387,3 +387,63 @@ def test_unseen_eval_tags_and_overlapping_spans_are_one_line_errors(
 def test_ner_flags_are_refused_for_other_tasks(cli):
     result = cli(["finetune", "--train-data", "x.csv", "--label-all-tokens"])
     assert result.code == 2 and "--label-all-tokens applies to --task ner" in result.stderr
+
+
+def _prepared(tokenizer_dir, train, **flags):
+    from transformers import AutoTokenizer
+
+    from bertgpt_cli.commands.finetune import FinetuneConfig
+    from bertgpt_cli.tasks import NerTask
+
+    task = NerTask(
+        FinetuneConfig(task="ner", train_data="train", **flags), AutoTokenizer.from_pretrained(tokenizer_dir)
+    )
+    prepared, _ = task.prepare(train, {})
+    return task, prepared
+
+
+def test_class_label_tags_as_the_hubs_conll2003(tiny_bert_dir):
+    import datasets
+
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    train = datasets.Dataset.from_dict(
+        {"tokens": [["john", "smith", "met", "paris"]], "ner_tags": [[1, 2, 0, 3]]}, features=features
+    )
+    task, prepared = _prepared(tiny_bert_dir, train)
+    assert task.labels == ["O", "B-LOC", "B-PER", "I-PER"]  # from the data, O first, sorted
+    assert [task.labels[i] for i in prepared["tag_ids"][0]] == ["B-PER", "I-PER", "O", "B-LOC"]
+
+
+def test_integer_tags_need_names(tiny_bert_dir):
+    import datasets
+
+    train = datasets.Dataset.from_dict({"tokens": [["john", "met", "paris"]], "ner_tags": [[1, 0, 2]]})
+    with pytest.raises(UsageError, match="numbers without names; pass --label-names"):
+        _prepared(tiny_bert_dir, train)
+    task, prepared = _prepared(tiny_bert_dir, train, label_names="O,B-PER,B-LOC")
+    assert [task.labels[i] for i in prepared["tag_ids"][0]] == ["B-PER", "O", "B-LOC"]
+
+
+def test_two_processes_score_windows_in_the_right_sentences(tiny_bert_dir, ner_files):
+    """Under torchrun each rank evaluates a shard; the gathered predictions must still be put
+    back into the right sentences: the run's eval F1 equals the one recomputed alone."""
+    import subprocess
+
+    from .conftest import BGCLI, ROOT
+
+    folder = ner_files
+    args = ["finetune", "--task", "ner", "-m", str(tiny_bert_dir), "--train-data", str(folder / "train.iob")]
+    args += ["--eval-data", str(folder / "eval.jsonl"), "--max-length", "16", "--max-steps", "24"]
+    args += ["--lr", "5e-3", "--batch-size", "4", "--precision", "fp32", "--num-processes", "2"]
+    args += ["--output", str(folder / "runs/ner"), "--quiet", "--format", "jsonl"]
+    done = subprocess.run(BGCLI + args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["world_size"] == 2 and summary["eval_f1"] > 0.1  # it learned something to compare
+    assert summary["eval_f1"] == pytest.approx(_recomputed_eval_f1(folder, tiny_bert_dir), abs=1e-4)

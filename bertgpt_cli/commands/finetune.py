@@ -80,7 +80,7 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         "label", "Column with the label (ints or strings).", panel=DATA, metavar="COLUMN"
     )
     label_names: str | None = option(
-        None, "Names for integer labels, in order: a,b,c.", panel=DATA, metavar="A,B,..."
+        None, "Names for integer labels (ner: integer tags), in order: a,b,c.", panel=DATA, metavar="A,B,..."
     )
     multi_label: bool = option(
         False, "Each row may have several labels (a list, or text split on --label-separator).", panel=DATA

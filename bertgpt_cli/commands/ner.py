@@ -24,8 +24,8 @@ PANEL = "NER"
 AGGREGATIONS = ("simple", "first", "average", "max", "none")
 EXAMPLES = (
     'bgcli ner -m runs/ner "Angela Merkel met Emmanuel Macron in Paris."',
-    "cat news.jsonl | bgcli ner -m runs/ner --min-score 0.8 | jq -c '[.entities[] | {entity_group, word}]'",
-    "bgcli ner -m runs/ner -i sentences.txt --format conll > tagged.conll",
+    "cat news.jsonl | bgcli ner -m runs/ner --min-score 0.5 | jq -c '[.entities[] | {entity_group, word}]'",
+    "bgcli ner -m runs/ner -i news.txt --format conll",
 )
 
 

@@ -88,9 +88,23 @@ class NerTask(Task):
         feature = getattr(dataset.features[column], "feature", None)
         names = getattr(feature, "names", None)  # Sequence(ClassLabel), as the Hub's conll2003
         rows = dataset[column]
+        if names is None and self.config.label_names:  # integer tags named by --label-names
+            names = [n.strip() for n in self.config.label_names.split(",")]
         if names is None:
+            if any(isinstance(tag, int) for row in rows[:100] if row for tag in row):
+                raise UsageError(
+                    f"{source}: the tags in '{column}' are numbers without names; pass "
+                    "--label-names O,B-PER,I-PER,... (one name per id, in id order)"
+                )
             return [[str(tag) for tag in row] if row is not None else None for row in rows]
-        return [[names[i] for i in row] if row is not None else None for row in rows]
+        return [[self._tag_name(names, i, source) for i in row] if row is not None else None for row in rows]
+
+    def _tag_name(self, names: list[str], tag_id, source: str) -> str:
+        if not isinstance(tag_id, int) or not 0 <= tag_id < len(names):
+            raise UsageError(
+                f"{source}: tag id {tag_id!r} has no name ({len(names)} names: {', '.join(names)})"
+            )
+        return names[tag_id]
 
     def _checked_pairs(self, tokens, tags, source: str) -> tuple[list[list[str]], list[list[str]]]:
         kept_tokens, kept_tags, empty = [], [], []
