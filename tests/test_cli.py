@@ -41,7 +41,8 @@ def heavy_modules_after(args: list[str]) -> list[str]:
 
 
 def test_every_command_is_registered():
-    assert {"env", "models", "tokenize", "fill-mask", "generate", "classify", "ner", "finetune"} <= set(COMMANDS)
+    expected = {"env", "models", "tokenize", "fill-mask", "generate", "classify", "ner", "finetune"}
+    assert expected <= set(COMMANDS)
     assert GROUPS == ["recipes"]
 
 
