@@ -42,13 +42,14 @@ def train(config, run_dir: Path) -> dict[str, Any]:
         write_config(config, run_dir)  # first: an interrupted run can be resumed from it
     before = evaluate_before(config, trainer, task, eval_set, checkpoint)
     info(f"training on {len(train_set)} examples, evaluating on {len(eval_set) if eval_set else 0}")
+    loss_so_far = saved_train_loss(checkpoint)  # read now: checkpoint rotation may delete it
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
         save_interrupted(trainer, run_dir)
         raise
     if checkpoint:
-        result.metrics["train_loss"] = whole_run_train_loss(result, checkpoint, trainer.state.global_step)
+        result.metrics["train_loss"] = whole_run_train_loss(result, loss_so_far, trainer.state.global_step)
     metrics = collect_metrics(config, trainer, result, eval_set, test_set, task, started)
     metrics.update(before)
     if trainer.is_world_process_zero():
@@ -112,15 +113,19 @@ def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, An
 TRAIN_LOSS_FILE = "bgcli_train_loss.json"
 
 
-def whole_run_train_loss(result, checkpoint: str, global_step: int) -> float:
+def saved_train_loss(checkpoint: str | None) -> dict[str, float] | None:
+    """{step, loss_sum} kept with a checkpoint, or None (no resume, or an older checkpoint)."""
+    saved = Path(checkpoint) / TRAIN_LOSS_FILE if checkpoint else None
+    return json.loads(saved.read_text()) if saved is not None and saved.is_file() else None
+
+
+def whole_run_train_loss(result, before: dict[str, float] | None, global_step: int) -> float:
     """The mean training loss over every step of a resumed run, as the uninterrupted run reports
     it: the loss sum kept with the checkpoint plus the Trainer's mean of the steps since."""
     segment_mean = result.metrics["train_loss"]
-    saved = Path(checkpoint) / TRAIN_LOSS_FILE
-    if not saved.is_file():  # a checkpoint from before bgcli kept the sum
+    if before is None:  # a checkpoint from before bgcli kept the sum
         warn("the reported train loss covers only the steps since the resume")
         return segment_mean
-    before = json.loads(saved.read_text())
     total = before["loss_sum"] + segment_mean * (global_step - before["step"])
     return total / max(global_step, 1)
 
