@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import select
+import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,24 +39,117 @@ class RecordsFailed(BgcliError):
     """Raised after the whole stream when some records failed (exit status 1)."""
 
 
+# A producer silent this long has paused (`tail -f log | bgcli ...`): what was read is processed
+# and written now instead of waiting for a full window. A fast producer never pauses this long.
+INPUT_PAUSE_S = 0.2
+
+
+class RecordStream:
+    """Input records, plus `paused()`: whether the input has stalled (pipes and terminals only)."""
+
+    def __init__(self, records: Iterator[InputRecord], lines: PausableLines | None = None) -> None:
+        self._records = records
+        self._lines = lines
+
+    def __iter__(self) -> RecordStream:
+        return self
+
+    def __next__(self) -> InputRecord:
+        return next(self._records)
+
+    def paused(self) -> bool:
+        return self._lines is not None and self._lines.paused(INPUT_PAUSE_S)
+
+
+class PausableLines:
+    """The lines of a binary stream. From a pipe, FIFO or terminal they are read with os.read
+    on the descriptor, so that select() can tell, without a thread, whether another line
+    arrives within a timeout; regular files and in-memory streams are simply read."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.fd = _pollable_fd(stream)
+        self.buffer = bytearray()
+        self.start = 0  # where the next line begins in `buffer`
+        self.eof = False
+
+    def __iter__(self) -> PausableLines:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.fd is None:
+            line = self.stream.readline()
+            if not line:
+                raise StopIteration
+            return line
+        end = self.buffer.find(b"\n", self.start)
+        while end < 0 and not self.eof:
+            self._read()
+            end = self.buffer.find(b"\n", self.start)
+        if self.start >= len(self.buffer):
+            raise StopIteration
+        stop = end + 1 if end >= 0 else len(self.buffer)
+        line = bytes(self.buffer[self.start : stop])
+        self.start = stop
+        return line
+
+    def _read(self) -> None:
+        if self.start > 65536:  # drop consumed lines now and then, not on every line
+            del self.buffer[: self.start]
+            self.start = 0
+        chunk = os.read(self.fd, 65536)
+        if chunk:
+            self.buffer += chunk
+        else:
+            self.eof = True
+
+    def paused(self, timeout: float) -> bool:
+        """True when no complete line is waiting and none arrives within `timeout` seconds."""
+        if self.fd is None or self.eof or self.buffer.find(b"\n", self.start) >= 0:
+            return False
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not select.select([self.fd], [], [], remaining)[0]:
+                return True
+            self._read()
+            if self.eof or self.buffer.find(b"\n", self.start) >= 0:
+                return False
+        return True
+
+
+def _pollable_fd(stream: BinaryIO) -> int | None:
+    """The descriptor of a pipe, FIFO, socket or terminal; None for files and in-memory streams."""
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode) else None
+
+
 def read_input_records(
     texts: list[str],
     input_path: str | None,
     input_format: str = "auto",
     text_field: str = "text",
-) -> Iterator[InputRecord]:
+) -> RecordStream:
     """Resolve where the texts come from; plain text is one text per line."""
     if texts and input_path:
         raise UsageError("give texts as arguments or --input FILE, not both")
     if texts:
-        return (_text_record(i, t) for i, t in enumerate(texts, start=1))
+        return RecordStream(_text_record(i, t) for i, t in enumerate(texts, start=1))
     if input_path in (None, "-"):
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError("stdin is closed: pass texts as arguments or --input FILE")
         if input_path is None and _stdin_is_terminal():
             raise UsageError("no input: pass texts as arguments, --input FILE, or pipe them on stdin")
-        return _read_lines(sys.stdin.buffer, input_format, text_field, is_jsonl_name=False)
-    return _read_lines(_open_input(input_path), input_format, text_field, input_path.endswith(".jsonl"))
+        return _line_records(sys.stdin.buffer, input_format, text_field, is_jsonl_name=False)
+    return _line_records(_open_input(input_path), input_format, text_field, input_path.endswith(".jsonl"))
+
+
+def _line_records(stream: BinaryIO, input_format: str, text_field: str, is_jsonl_name: bool) -> RecordStream:
+    lines = PausableLines(stream)
+    return RecordStream(_read_lines(stream, lines, input_format, text_field, is_jsonl_name), lines)
 
 
 def _open_input(input_path: str) -> BinaryIO:
@@ -76,10 +173,10 @@ def _stdin_is_terminal() -> bool:
 
 
 def _read_lines(
-    stream: BinaryIO, input_format: str, text_field: str, is_jsonl_name: bool
+    stream: BinaryIO, raw_lines: Iterable[bytes], input_format: str, text_field: str, is_jsonl_name: bool
 ) -> Iterator[InputRecord]:
     """Decode lines one at a time so endless stdin runs in bounded memory."""
-    lines = _decoded_lines(stream)
+    lines = _decoded_lines(stream, raw_lines)
     if input_format == "auto":
         # Decided by the first character, so one malformed first line is a bad record
         # (reported by number), not a silent switch of the whole stream to plain text.
@@ -96,9 +193,9 @@ def _read_lines(
             yield _text_record(number, text)
 
 
-def _decoded_lines(stream: BinaryIO) -> Iterator[tuple[int, str, str | None]]:
+def _decoded_lines(stream: BinaryIO, raw_lines: Iterable[bytes]) -> Iterator[tuple[int, str, str | None]]:
     try:
-        for number, raw in enumerate(stream, start=1):
+        for number, raw in enumerate(raw_lines, start=1):
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
             raw = raw.rstrip(b"\n").rstrip(b"\r")
@@ -183,8 +280,7 @@ def run_stream(
     each output also carries its input text under that key. Returns (ok, failed).
     """
     ok = failed = 0
-    iterator = iter(records)
-    while chunk := list(itertools.islice(iterator, window)):
+    for chunk in _windows(records, window):
         good = [r for r in chunk if r.error is None]
         results = iter(process_batch(good) if good else [])
         for record in chunk:
@@ -203,6 +299,19 @@ def run_stream(
             failed += 1
         flush()
     return ok, failed
+
+
+def _windows(records: Iterable[InputRecord], window: int) -> Iterator[list[InputRecord]]:
+    """Chunks of `window` records, or fewer when the input pauses (see RecordStream)."""
+    paused = getattr(records, "paused", lambda: False)
+    chunk: list[InputRecord] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= window or paused():
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def stream_to_writer(

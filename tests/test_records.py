@@ -8,7 +8,14 @@ import json
 import pytest
 
 from bertgpt_cli.errors import UsageError
-from bertgpt_cli.records import InputRecord, RecordError, _read_lines, read_input_records, run_stream
+from bertgpt_cli.records import (
+    InputRecord,
+    PausableLines,
+    RecordError,
+    _read_lines,
+    read_input_records,
+    run_stream,
+)
 
 
 def jsonl(text: str) -> list[dict]:
@@ -97,10 +104,9 @@ class EndlessStream:
     def __init__(self):
         self.lines_read = 0
 
-    def __iter__(self):
-        for i in itertools.count():
-            self.lines_read += 1
-            yield f"text number {i}\n".encode()
+    def readline(self):
+        self.lines_read += 1
+        return f"text number {self.lines_read - 1}\n".encode()
 
     def close(self):
         pass
@@ -108,7 +114,7 @@ class EndlessStream:
 
 def test_stdin_is_read_incrementally():
     stream = EndlessStream()
-    records = _read_lines(stream, "auto", "text", is_jsonl_name=False)
+    records = _read_lines(stream, PausableLines(stream), "auto", "text", is_jsonl_name=False)
     first = list(itertools.islice(records, 5))
     assert [r.text for r in first] == [f"text number {i}" for i in range(5)]
     assert stream.lines_read <= 6
@@ -135,3 +141,40 @@ def test_stdin_on_a_terminal_without_texts_is_a_usage_error(monkeypatch):
     monkeypatch.setattr("bertgpt_cli.records._stdin_is_terminal", lambda: True)
     with pytest.raises(UsageError, match="no input"):
         read_input_records([], None)
+
+
+SLOW_PRODUCER = """
+import sys, time
+print("paris", flush=True)
+time.sleep({pause})
+print("london", flush=True)
+"""
+
+
+def test_a_pause_in_the_input_flushes_what_was_read(tiny_classifier_dir):
+    """`tail -f log | bgcli classify`: the first line's result comes out while the producer
+    sleeps, not after the second line (the window of 8 batches is far from full)."""
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import BGCLI, ROOT
+
+    producer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PRODUCER.format(pause=12)], stdout=subprocess.PIPE
+    )
+    consumer = subprocess.Popen(
+        [*BGCLI, "classify", "-m", str(tiny_classifier_dir), "--format", "jsonl"],
+        stdin=producer.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    producer.stdout.close()
+    started = time.monotonic()
+    first = consumer.stdout.readline()
+    waited = time.monotonic() - started
+    second = consumer.stdout.readline()
+    assert consumer.wait(timeout=120) == 0 and producer.wait() == 0
+    assert json.loads(first)["label"] and json.loads(second)["label"]
+    assert waited < 11, f"the first result waited {waited:.1f} s for the second line"
