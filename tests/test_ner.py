@@ -447,3 +447,23 @@ def test_two_processes_score_windows_in_the_right_sentences(tiny_bert_dir, ner_f
     summary = json.loads(done.stdout)
     assert summary["world_size"] == 2 and summary["eval_f1"] > 0.1  # it learned something to compare
     assert summary["eval_f1"] == pytest.approx(_recomputed_eval_f1(folder, tiny_bert_dir), abs=1e-4)
+
+
+@pytest.mark.parametrize("label_all", [False, True])
+def test_sub_tokens_after_the_first_are_ignored_or_tagged_inside(tiny_bert_dir, label_all):
+    import datasets
+
+    tokens = [["smith", "met", "paris"], ["paris", "smith", "smith"]]  # smith: s ##m ##i ##t ##h
+    tags = [["B-PER", "O", "B-LOC"], ["B-LOC", "B-PER", "I-PER"]]
+    train = datasets.Dataset.from_dict({"tokens": tokens, "ner_tags": tags})
+    task, prepared = _prepared(tiny_bert_dir, train, label_all_tokens=label_all)
+    windows = task.finalize(prepared, "eval")
+    row = task.layouts["eval"].window_sentence.index(0)
+    pieces = task.tokenizer.convert_ids_to_tokens(windows["input_ids"][row])
+    assert pieces[1:6] == ["s", "##m", "##i", "##t", "##h"]
+    labels = [task.labels[i] if i >= 0 else None for i in windows["labels"][row]]
+    assert labels[1] == "B-PER"
+    assert labels[2:6] == (["I-PER"] * 4 if label_all else [None] * 4)
+    # Scores stay per word either way: the layout points at each word's first sub-token only.
+    words = task.layouts["eval"].window_words[row]
+    assert [(i, w) for i, w in enumerate(words) if w >= 0] == [(1, 0), (6, 1), (9, 2)]
