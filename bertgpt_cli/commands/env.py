@@ -15,6 +15,7 @@ from ..assets import (
     BUILTIN_MODELS,
     CONLL2003,
     MOVIE_REVIEWS,
+    SQUAD,
     cache_dirs,
     hf_home,
     package_version,
@@ -133,7 +134,7 @@ def _assets() -> dict[str, Any]:
             "version": package_version(asset.distribution),
             "installed": asset.installed(),
         }
-        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS, CONLL2003)
+        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS, CONLL2003, SQUAD)
     }
     assets["smollm2"]["converted"] = (smollm2_cache_dir() / "config.json").is_file()
     return assets

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-LOCAL_METRICS = ("accuracy", "f1", "precision", "recall", "seqeval")
+LOCAL_METRICS = ("accuracy", "f1", "precision", "recall", "seqeval", "squad")
 
 
 def load_metric(name: str, config_name: str | None = None):
