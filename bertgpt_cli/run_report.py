@@ -72,6 +72,7 @@ def plot_confusion(run_dir: Path, matrix: list[list[int]], names: list[str]) -> 
 COMMANDS = {
     "text-classification": "classify",
     "token-classification": "ner",
+    "question-answering": "qa",
     "fill-mask": "fill-mask",
     "text-generation": "generate",
 }

@@ -30,11 +30,12 @@ from ..run_dirs import (
 
 NAME = "finetune"
 HELP = (
-    "Fine-tune with the HF Trainer: sequence classification, named entities (ner), masked-LM (mlm) "
-    "or causal-LM (clm); recipes in recipes/."
+    "Fine-tune with the HF Trainer: sequence classification, named entities (ner), question "
+    "answering (qa), masked-LM (mlm) or causal-LM (clm); recipes in recipes/."
 )
 DATA, TRAIN, LM, RUN = "Data", "Training", "Language modeling (--task mlm|clm)", "Run"
 NER = "Named entities (--task ner)"
+QA = "Question answering (--task qa)"
 EXAMPLES = (
     "bgcli finetune --recipe rt-minilm",
     "bgcli finetune -m minilm --train-data reviews.csv --label-column sentiment -o runs/rt",
@@ -52,9 +53,9 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     )
     task: str = option(
         "classification",
-        "classification (labels), ner (a tag per word), mlm (BERT-style masked LM) or clm "
-        "(GPT-style next-token LM).",
-        choices=("classification", "ner", "mlm", "clm"),
+        "classification (labels), ner (a tag per word), qa (answer spans in a context), mlm "
+        "(BERT-style masked LM) or clm (GPT-style next-token LM).",
+        choices=("classification", "ner", "qa", "mlm", "clm"),
         panel=RUN,
     )
     model: str = option(
@@ -123,9 +124,10 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN, ge=0)
     batch_size: int = option(32, "Examples per device per step.", panel=TRAIN, ge=1)
     grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
-    max_length: int = option(
-        128,
-        "Truncate texts to this many tokens (ner: longer sentences are split into windows).",
+    max_length: int | None = option(
+        None,
+        "Tokens per example (default 128; 384 for qa). Longer texts are truncated; ner sentences and "
+        "qa contexts are split into windows instead.",
         panel=TRAIN,
         ge=4,
     )
@@ -184,6 +186,20 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         panel=LM,
         metavar="TEXT",
     )
+    question_column: str = option("question", "Column with the question.", panel=QA, metavar="COLUMN")
+    context_column: str = option(
+        "context", "Column with the context the answer is in.", panel=QA, metavar="COLUMN"
+    )
+    answers_column: str = option(
+        "answers",
+        "Column with {text: [...], answer_start: [...]} (the Hub's squad layout).",
+        panel=QA,
+        metavar="COLUMN",
+    )
+    doc_stride: int = option(
+        128, "Context tokens shared by neighbouring windows of a long context.", panel=QA, ge=0
+    )
+    max_answer_length: int = option(30, "Longest answer considered, in tokens.", panel=QA, ge=1)
     eval_before: bool = option(
         False, "Evaluate the starting model first, so the report shows before/after.", panel=RUN
     )
@@ -200,6 +216,10 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         panel=RUN,
         metavar="auto|DIR",
     )
+
+    def __post_init__(self) -> None:
+        if self.max_length is None:  # a question and a paragraph need a longer window
+            self.max_length = 384 if self.task == "qa" else 128
 
     @classmethod
     def from_command_line(cls, values: dict, explicit: set[str]) -> FinetuneConfig:
@@ -304,6 +324,14 @@ def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
     writer.close()
 
 
+# Flags that mean something for one task only, with their defaults: set for another task
+# they would be silently ignored, so they are refused.
+TASK_ONLY_FLAGS = {
+    "ner": {"tag_column": None, "tag_scheme": "auto", "label_all_tokens": False},
+    "qa": {"doc_stride": 128, "max_answer_length": 30},
+}
+
+
 def validate(config: FinetuneConfig) -> None:
     if not config.train_data:
         raise UsageError(
@@ -319,10 +347,12 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError("--early-stopping watches eval data: pass --eval-data or --eval-split 0.1")
     if config.multi_label and config.task != "classification":
         raise UsageError(f"--multi-label applies to classification, not --task {config.task}")
-    ner_only = {"tag_column": None, "tag_scheme": "auto", "label_all_tokens": False}
-    for name, default in ner_only.items():
-        if getattr(config, name) != default and config.task != "ner":
-            raise UsageError(f"--{name.replace('_', '-')} applies to --task ner, not --task {config.task}")
+    for task, flags in TASK_ONLY_FLAGS.items():
+        for name, default in flags.items():
+            if getattr(config, name) != default and config.task != task:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} applies to --task {task}, not --task {config.task}"
+                )
     if config.class_weights == "auto" and config.task != "classification":
         raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")
     if not 0 < config.mlm_probability < 1:

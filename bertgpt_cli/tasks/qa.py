@@ -1,0 +1,200 @@
+"""Extractive question answering (SQuAD-style): windows over long contexts, a span head,
+exact match / F1 scored by the official SQuAD rules on answers decoded as run_qa does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..console import warn
+from ..data import require_columns
+from ..errors import UsageError
+from ..qa_decoding import answer_positions, best_answers, make_windows
+from .base import Task
+
+
+@dataclass
+class QaLayout:
+    """What decoding an eval split needs beyond the logits (windows sorted longest first)."""
+
+    ids: list[str]
+    contexts: list[str]
+    questions: list[str]
+    answers: list[dict[str, list]]
+    owner: list[int]
+    context_offsets: list[list[tuple[int, int] | None]]
+
+
+class QaTask(Task):
+    name = "qa"
+    pipeline_tag = "question-answering"
+    default_metric = "f1"
+    card_metrics = ("exact_match", "f1")
+    ordered_eval = True  # windows are put back into questions by position
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self.layouts: dict[str, QaLayout] = {}
+        self.metrics_split = "eval"
+
+    def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise UsageError(
+                "QA needs a fast tokenizer (character offsets); pick a model with a tokenizer.json"
+            )
+        if self.tokenizer.padding_side != "right":
+            raise UsageError("QA windows need a tokenizer that pads on the right")
+        train = self._checked(train, self.config.train_data)
+        return train, {split: self._checked(data, split) for split, data in others.items()}
+
+    def _checked(self, dataset, source: str):
+        """Records whose answer text is not at its answer_start are reported and skipped."""
+        c = self.config
+        columns = {c.question_column: "--question-column", c.context_column: "--context-column"}
+        columns[c.answers_column] = "--answers-column"
+        require_columns(dataset, columns, source)
+        ids = dataset["id"] if "id" in dataset.column_names else [str(i + 1) for i in range(len(dataset))]
+        bad: list[str] = []
+        keep: list[int] = []
+        for row, (context, question, answers) in enumerate(
+            zip(dataset[c.context_column], dataset[c.question_column], dataset[c.answers_column], strict=True)
+        ):
+            problem = _record_problem(context, question, answers)
+            if problem:
+                bad.append(f"{ids[row]} ({problem})")
+            else:
+                keep.append(row)
+        if bad:
+            shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+            warn(f"{source}: skipping {len(bad)} of {len(dataset)} record(s) with a bad answer: {shown}")
+        if not keep:
+            raise UsageError(
+                f"{source} has no usable QA records (question, context and an answer found in it)"
+            )
+        dataset = dataset.select(keep) if bad else dataset
+        rename = {c.question_column: "question", c.context_column: "context", c.answers_column: "answers"}
+        dataset = dataset.rename_columns({k: v for k, v in rename.items() if k != v})
+        if "id" not in dataset.column_names:
+            dataset = dataset.add_column("id", [ids[i] for i in keep])
+        return dataset.select_columns(["id", "question", "context", "answers"])
+
+    def finalize(self, dataset, split: str):
+        c = self.config
+        rows = dataset.to_dict()
+        windows = make_windows(self.tokenizer, rows["question"], rows["context"], c.max_length, c.doc_stride)
+        cls_index = [_cls_index(ids, self.tokenizer) for ids in windows.encoded["input_ids"]]
+        starts, ends = answer_positions(windows, cls_index, rows["answers"])
+        import datasets
+
+        columns = {k: list(v) for k, v in windows.encoded.items()}
+        columns |= {"start_positions": starts, "end_positions": ends}
+        order = list(range(len(starts)))
+        if split != "train":
+            order.sort(key=lambda i: -len(columns["input_ids"][i]))  # in-order eval with little padding
+            self.layouts[split] = QaLayout(
+                ids=rows["id"],
+                contexts=rows["context"],
+                questions=rows["question"],
+                answers=rows["answers"],
+                owner=[windows.owner[i] for i in order],
+                context_offsets=[windows.context_offsets[i] for i in order],
+            )
+        return datasets.Dataset.from_dict({k: [v[i] for i in order] for k, v in columns.items()})
+
+    def model(self, resolved):
+        from transformers import AutoModelForQuestionAnswering
+
+        from ..model_resolution import load_config, load_model
+
+        return load_model(
+            resolved, AutoModelForQuestionAnswering, "question answering", config=load_config(resolved)
+        )
+
+    def collator(self):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def evaluating(self, split: str) -> None:
+        self.metrics_split = split
+
+    def compute_metrics(self):
+        from ..metrics import load_metric
+
+        metric = load_metric("squad")
+
+        def compute(eval_pred) -> dict[str, float]:
+            predictions = self.predictions(eval_pred.predictions)
+            layout = self.layouts[self.metrics_split]
+            references = [{"id": i, "answers": a} for i, a in zip(layout.ids, layout.answers, strict=True)]
+            formatted = [
+                {"id": i, "prediction_text": predictions[i].text if predictions[i] else ""}
+                for i in layout.ids
+            ]
+            return metric.compute(predictions=formatted, references=references)
+
+        return compute
+
+    def predictions(self, logits) -> dict[str, Any]:
+        """The best answer per question id (None when no window has a valid span)."""
+        start_logits, end_logits = logits
+        layout = self.layouts[self.metrics_split]
+        per_question: list[list] = [[] for _ in layout.ids]
+        for window, pair in enumerate(layout.owner):
+            spans = layout.context_offsets[window]
+            length = len(spans)
+            per_question[pair].append((start_logits[window][:length], end_logits[window][:length], spans))
+        best = {}
+        for pair, windows in enumerate(per_question):
+            answers, _ = best_answers(
+                layout.contexts[pair], windows, max_answer_length=self.config.max_answer_length
+            )
+            best[layout.ids[pair]] = answers[0] if answers else None
+        return best
+
+    def test_report(self, prediction) -> dict[str, Any]:
+        """The worst misses: questions whose answer shares the fewest words with the gold."""
+        from ..metrics.squad.squad import f1 as token_f1
+
+        best = self.predictions(prediction.predictions)
+        layout = self.layouts[self.metrics_split]
+        misses = []
+        for question_id, question, gold in zip(layout.ids, layout.questions, layout.answers, strict=True):
+            predicted = best[question_id].text if best[question_id] else ""
+            score = max((token_f1(predicted, g) for g in gold["text"]), default=float(predicted == ""))
+            misses.append((score, question, gold["text"][:1], predicted))
+        misses.sort(key=lambda m: m[0])
+        return {
+            "worst_misses": [{"question": q, "gold": g, "predicted": p, "f1": s} for s, q, g, p in misses[:5]]
+        }
+
+    def report_lines(self, metrics: dict[str, Any]) -> list[str]:
+        misses = (metrics.get("test_report") or {}).get("worst_misses") or []
+        if not misses:
+            return []
+        lines = ["## Worst test misses", "", "| question | gold | predicted |", "|---|---|---|"]
+        for miss in misses:
+            gold = ", ".join(miss["gold"]) or "(no answer)"
+            lines.append(f"| {miss['question']} | {gold} | {miss['predicted'] or '(none)'} |")
+        return [*lines, ""]
+
+    def run_info(self) -> dict[str, Any]:
+        return {"doc_stride": self.config.doc_stride, "max_answer_length": self.config.max_answer_length}
+
+
+def _cls_index(input_ids: list[int], tokenizer) -> int:
+    cls = tokenizer.cls_token_id
+    return input_ids.index(cls) if cls is not None and cls in input_ids else 0
+
+
+def _record_problem(context, question, answers) -> str | None:
+    if not isinstance(question, str) or not question.strip():
+        return "no question"
+    if not isinstance(context, str) or not context.strip():
+        return "no context"
+    if not isinstance(answers, dict) or "text" not in answers or "answer_start" not in answers:
+        return "answers is not {text: [...], answer_start: [...]}"
+    for text, start in zip(answers["text"], answers["answer_start"], strict=False):
+        if context[start : start + len(text)] != text:
+            return f"answer {text!r} is not at character {start} of the context"
+    return None
