@@ -24,6 +24,7 @@ from .commands import finetune as finetune_command
 from .commands import generate as generate_command
 from .commands import models as models_command
 from .commands import ner as ner_command
+from .commands import qa as qa_command
 from .commands import recipes as recipes_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
@@ -72,6 +73,7 @@ COMMAND_MODULES = (
     generate_command,
     classify_command,
     ner_command,
+    qa_command,
     env_command,
     models_command,
     tokenize_command,
