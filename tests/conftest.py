@@ -278,3 +278,17 @@ def tiny_ner_dir(tmp_path_factory) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A random 2-layer BERT with a span (question-answering) head and the tiny BERT's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(3)
+    folder = tmp_path_factory.mktemp("tiny-qa")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    BertForQuestionAnswering(BertConfig(**tiny_bert_sizes(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -52,6 +52,12 @@ CASES = [
     ("ner tokens and tags differ", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{ner_mismatch}", "-o", "{out}"], None, 2, "record 1 has 2 tokens but 1 tags", None),
     ("ner data without NER columns", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{csv}", "-o", "{out}"], None, 2, "NER data needs token lists", None),
     ("ner data with only O", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "{conll_only_o}", "-o", "{out}"], None, 2, "has no entity tags", None),
+    ("qa question without a context", ["qa", "-m", "{qa}", "--question", "who?"], None, 2, "--question needs --context", []),
+    ("qa context file missing", ["qa", "-m", "{qa}", "--question", "who?", "--context", "no-such.txt"], None, 2, "--context file 'no-such.txt' not found", []),
+    ("qa top-k 0", ["qa", "-m", "{qa}", "--top-k", "0", "--question", "who?", "--context", "-"], None, 2, "--top-k must be >= 1", []),
+    ("qa with a NER model", ["qa", "-m", "{ner}", "--question", "who?", "--context", "{csv}"], None, 2, "no trained question-answering head", []),
+    ("squad unknown split", ["finetune", "--task", "qa", "-m", "{mlm}", "--train-data", "squad@dev", "-o", "{out}"], None, 2, "unknown split '@dev' for squad", None),
+    ("qa flag for another task", ["finetune", "-m", "{mlm}", "--train-data", "{csv}", "--doc-stride", "64", "-o", "{out}"], None, 2, "--doc-stride applies to --task qa", None),
     ("conll2003 unknown split", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "conll2003@dev", "-o", "{out}"], None, 2, "unknown split '@dev' for conll2003", None),
 ]
 # fmt: on
@@ -59,7 +65,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def places(
-    tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir
+    tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir, tiny_qa_dir
 ) -> dict[str, str]:
     root = tmp_path_factory.mktemp("bad-inputs")
     no_tokenizer = _copy_model(tiny_classifier_dir, root / "no-tokenizer", keep_tokenizer=False)
@@ -103,6 +109,7 @@ def places(
         "zero_bytes": str(root / "zero.csv"),
         "one_class": str(root / "one.csv"),
         "ner": str(tiny_ner_dir),
+        "qa": str(tiny_qa_dir),
         "conll": str(root / "train.conll"),
         "conll_one_column": str(root / "one-column.conll"),
         "conll_only_o": str(root / "only-o.conll"),

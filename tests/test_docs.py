@@ -89,10 +89,11 @@ bgcli() {
 
 @pytest.fixture(scope="module")
 def fixture_runs(
-    tiny_classifier_dir, tiny_multilabel_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir
+    tiny_classifier_dir, tiny_multilabel_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir, tiny_qa_dir
 ) -> dict[str, Path]:
     return {
         "rt": tiny_classifier_dir,
+        "qa": tiny_qa_dir,
         "ner": tiny_ner_dir,
         "genres": tiny_multilabel_dir,
         "mlm": tiny_bert_dir,
@@ -126,6 +127,15 @@ def write_inputs(folder: Path) -> None:
     conll = "".join(f"{word} {tag}\n" for word, tag in tagged) + "\n"
     (folder / "train.conll").write_text(conll * 12)
     (folder / "dev.conll").write_text(conll * 2)
+    article = "Super Bowl 50 was played on February 7, 2016. The Denver Broncos won the game 24-10."
+    (folder / "article.txt").write_text(article + "\n")
+    questions = ["Who won Super Bowl 50?", "When was the game played?"]
+    (folder / "questions.txt").write_text("\n".join(questions) + "\n")
+    (folder / "questions.jsonl").write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "context": article}) + "\n" for i, q in enumerate(questions)
+        )
+    )
     genres = [["comedy"], ["drama"], ["comedy", "romance"], []]
     (folder / "movies.jsonl").write_text(
         "".join(json.dumps({"text": t, "genres": genres[i % 4]}) + "\n" for i, t in enumerate(reviews))
@@ -199,7 +209,7 @@ def test_reference_lists_every_flag():
 
 @pytest.mark.parametrize(
     "command",
-    ["finetune", "fill-mask", "generate", "classify", "ner", "env", "models", "tokenize", "recipes"],
+    ["finetune", "fill-mask", "generate", "classify", "ner", "qa", "env", "models", "tokenize", "recipes"],
 )
 def test_help_ends_with_examples_and_shows_no_type_tags(cli, command):
     result = cli([command, "--help"])
