@@ -58,3 +58,23 @@ def test_squad_metric_scores_as_the_official_script_defines():
     partial_f1 = 2 * (2 / 2) * (2 / 3) / ((2 / 2) + (2 / 3))
     assert scores["exact_match"] == pytest.approx(100 / 3)
     assert scores["f1"] == pytest.approx(100 * (1 + partial_f1 + 0) / 3)
+
+
+def test_squad_v2_metric_splits_has_answer_and_no_answer():
+    from bertgpt_cli.metrics import load_metric
+
+    metric = load_metric("squad_v2")
+    references = [
+        {"id": "1", "answers": {"text": ["Denver Broncos"], "answer_start": [0]}},
+        {"id": "2", "answers": {"text": [], "answer_start": []}},
+        {"id": "3", "answers": {"text": [], "answer_start": []}},
+    ]
+    predictions = [
+        {"id": "1", "prediction_text": "the Denver Broncos", "no_answer_probability": 0.0},
+        {"id": "2", "prediction_text": "", "no_answer_probability": 0.0},  # rightly no answer
+        {"id": "3", "prediction_text": "Carolina", "no_answer_probability": 0.0},  # answered the unanswerable
+    ]
+    scores = metric.compute(predictions=predictions, references=references)
+    assert scores["HasAns_exact"] == 100.0 and scores["HasAns_total"] == 1
+    assert scores["NoAns_exact"] == 50.0 and scores["NoAns_f1"] == 50.0 and scores["NoAns_total"] == 2
+    assert scores["exact"] == pytest.approx(200 / 3) and scores["total"] == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-LOCAL_METRICS = ("accuracy", "f1", "precision", "recall", "seqeval", "squad")
+LOCAL_METRICS = ("accuracy", "f1", "precision", "recall", "seqeval", "squad", "squad_v2")
 
 
 def load_metric(name: str, config_name: str | None = None):

@@ -1,0 +1,78 @@
+"""Local `evaluate` module for SQuAD v2.0 (works offline): exact match and F1 as the official
+v2.0 evaluation script scores them, over all questions and split into HasAns / NoAns.
+
+A question without gold answers is answered right only by the empty string. Output keys and
+scale (0-100) are those of the Hub's `squad_v2` metric (without the threshold search).
+"""
+
+import collections
+
+import datasets
+import evaluate
+
+from bertgpt_cli.metrics.squad.squad import normalize_answer
+
+
+def exact(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1(prediction: str, gold: str) -> float:
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not expected:  # v2.0: an empty side scores only when both are empty
+        return float(predicted == expected)
+    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+class SquadV2(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="SQuAD v2.0 exact match and F1 (HasAns / NoAns), as the official script counts them.",
+            citation="",
+            inputs_description="predictions {id, prediction_text, no_answer_probability}; references.",
+            features=datasets.Features(
+                {
+                    "predictions": {
+                        "id": datasets.Value("string"),
+                        "prediction_text": datasets.Value("string"),
+                        "no_answer_probability": datasets.Value("float32"),
+                    },
+                    "references": {
+                        "id": datasets.Value("string"),
+                        "answers": datasets.Sequence(
+                            {"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}
+                        ),
+                    },
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        answers = {p["id"]: p["prediction_text"] for p in predictions}
+        scores = {"HasAns": [], "NoAns": []}
+        for reference in references:
+            golds = [t for t in reference["answers"]["text"] if normalize_answer(t)] or [""]
+            predicted = answers[reference["id"]]
+            kind = "HasAns" if golds != [""] else "NoAns"
+            scores[kind].append(
+                (max(exact(predicted, g) for g in golds), max(f1(predicted, g) for g in golds))
+            )
+        every = scores["HasAns"] + scores["NoAns"]
+        result = _summary(every, "")
+        for kind, values in scores.items():
+            if values:
+                result |= _summary(values, f"{kind}_")
+        return result
+
+
+def _summary(values, prefix: str) -> dict:
+    count = len(values)
+    return {
+        f"{prefix}exact": 100.0 * sum(e for e, _ in values) / max(count, 1),
+        f"{prefix}f1": 100.0 * sum(f for _, f in values) / max(count, 1),
+        f"{prefix}total": count,
+    }
