@@ -166,3 +166,21 @@ def test_a_model_without_a_qa_head_is_refused(cli, tiny_classifier_dir, tmp_path
         ["qa", "-m", str(tiny_classifier_dir), "--question", "what?", "--context", str(tmp_path / "doc.txt")]
     )
     assert result.code == 2 and "no trained question-answering head" in result.stderr
+
+
+def test_squad_v2_data_switches_to_no_answer_scoring(cli, tiny_bert_dir, tmp_path):
+    rng = random.Random(2)
+    rows = [_record(rng, i) for i in range(24)]
+    for i in range(8):  # unanswerable: a context without the pattern
+        context = " ".join(rng.choice(FILLER) for _ in range(20))
+        empty = {"text": [], "answer_start": []}
+        rows.append({"id": f"n{i}", "question": "what is the capital?", "context": context, "answers": empty})
+    (tmp_path / "v2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["finetune", "--task", "qa", "-m", str(tiny_bert_dir), "--train-data", str(tmp_path / "v2.jsonl")]
+    args += ["--eval-data", str(tmp_path / "v2.jsonl"), "--max-length", "32", "--doc-stride", "8"]
+    args += ["--max-steps", "2", "--batch-size", "8", "-o", str(tmp_path / "run")]
+    result = cli(args)
+    assert result.code == 0, result.stderr
+    assert "no-answer" in result.stderr
+    scores = json.loads((tmp_path / "run/metrics.json").read_text())["eval"]
+    assert {"eval_exact_match", "eval_f1", "eval_HasAns_f1", "eval_NoAns_f1"} <= set(scores)

@@ -200,6 +200,12 @@ class FinetuneConfig(ModelOptions, OutputOptions):
         128, "Context tokens shared by neighbouring windows of a long context.", panel=QA, ge=0
     )
     max_answer_length: int = option(30, "Longest answer considered, in tokens.", panel=QA, ge=1)
+    allow_no_answer: bool = option(
+        False, "SQuAD v2: questions may have no answer (detected when the data has such questions).", panel=QA
+    )
+    null_score_diff_threshold: float = option(
+        0.0, "Answer nothing when the no-answer score beats the best span by more than this.", panel=QA
+    )
     eval_before: bool = option(
         False, "Evaluate the starting model first, so the report shows before/after.", panel=RUN
     )
@@ -328,7 +334,12 @@ def write_summary(config: FinetuneConfig, run_dir: Path, metrics: dict) -> None:
 # they would be silently ignored, so they are refused.
 TASK_ONLY_FLAGS = {
     "ner": {"tag_column": None, "tag_scheme": "auto", "label_all_tokens": False},
-    "qa": {"doc_stride": 128, "max_answer_length": 30},
+    "qa": {
+        "doc_stride": 128,
+        "max_answer_length": 30,
+        "allow_no_answer": False,
+        "null_score_diff_threshold": 0.0,
+    },
 }
 
 

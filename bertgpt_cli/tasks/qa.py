@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..console import warn
+from ..console import info, warn
 from ..data import require_columns
 from ..errors import UsageError
 from ..qa_decoding import answer_positions, best_answers, make_windows
@@ -36,6 +36,7 @@ class QaTask(Task):
         super().__init__(config, tokenizer)
         self.layouts: dict[str, QaLayout] = {}
         self.metrics_split = "eval"
+        self.no_answer = config.allow_no_answer  # SQuAD v2; also set when the data has such questions
 
     def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if not getattr(self.tokenizer, "is_fast", False):
@@ -45,7 +46,11 @@ class QaTask(Task):
         if self.tokenizer.padding_side != "right":
             raise UsageError("QA windows need a tokenizer that pads on the right")
         train = self._checked(train, self.config.train_data)
-        return train, {split: self._checked(data, split) for split, data in others.items()}
+        others = {split: self._checked(data, split) for split, data in others.items()}
+        if not self.no_answer and any(not a["text"] for a in train["answers"]):
+            self.no_answer = True
+            info("the training data has questions without an answer: SQuAD v2 (no-answer) mode")
+        return train, others
 
     def _checked(self, dataset, source: str):
         """Records whose answer text is not at its answer_start are reported and skipped."""
@@ -121,22 +126,26 @@ class QaTask(Task):
     def compute_metrics(self):
         from ..metrics import load_metric
 
-        metric = load_metric("squad")
+        metric = load_metric("squad_v2" if self.no_answer else "squad")
 
         def compute(eval_pred) -> dict[str, float]:
             predictions = self.predictions(eval_pred.predictions)
             layout = self.layouts[self.metrics_split]
             references = [{"id": i, "answers": a} for i, a in zip(layout.ids, layout.answers, strict=True)]
-            formatted = [
-                {"id": i, "prediction_text": predictions[i].text if predictions[i] else ""}
-                for i in layout.ids
-            ]
-            return metric.compute(predictions=formatted, references=references)
+            formatted = [{"id": i, "prediction_text": p.text if p else ""} for i, p in predictions.items()]
+            if not self.no_answer:
+                return metric.compute(predictions=formatted, references=references)
+            for row in formatted:
+                row["no_answer_probability"] = 0.0
+            scores = metric.compute(predictions=formatted, references=references)
+            scores["exact_match"] = scores.pop("exact")  # one name for both versions
+            return {k: v for k, v in scores.items() if not k.endswith("total")}
 
         return compute
 
     def predictions(self, logits) -> dict[str, Any]:
-        """The best answer per question id (None when no window has a valid span)."""
+        """The best answer per question id (None when no window has a valid span, or, in
+        no-answer mode, when the no-answer score wins by more than the threshold)."""
         start_logits, end_logits = logits
         layout = self.layouts[self.metrics_split]
         per_question: list[list] = [[] for _ in layout.ids]
@@ -146,10 +155,12 @@ class QaTask(Task):
             per_question[pair].append((start_logits[window][:length], end_logits[window][:length], spans))
         best = {}
         for pair, windows in enumerate(per_question):
-            answers, _ = best_answers(
+            answers, null_score = best_answers(
                 layout.contexts[pair], windows, max_answer_length=self.config.max_answer_length
             )
-            best[layout.ids[pair]] = answers[0] if answers else None
+            threshold = self.config.null_score_diff_threshold
+            abstain = self.no_answer and answers and null_score > answers[0].score + threshold
+            best[layout.ids[pair]] = answers[0] if answers and not abstain else None
         return best
 
     def test_report(self, prediction) -> dict[str, Any]:
