@@ -28,7 +28,7 @@ from .training import flops_per_token, matmul_peak_gflops
 
 TRAIN = int(os.environ.get("BENCH_NER_TRAIN", "14041"))
 EPOCHS = float(os.environ.get("BENCH_NER_EPOCHS", "1"))
-RECIPE = {"batch": 32, "lr": 1e-4}  # recipes/conll2003-minilm.yaml
+RECIPE = {"batch": 32, "lr": 2e-4, "warmup": 0.1}  # recipes/conll2003-minilm.yaml
 
 
 def split_file(split: str, limit: int | None = None) -> Path:
@@ -47,6 +47,7 @@ def train_ours(train: Path, test: Path, out: Path) -> dict:
     command = [sys.executable, "-m", "bertgpt_cli", "finetune", "--task", "ner", "-m", "minilm"]
     command += ["--train-data", str(train), "--test-data", str(test), "--eval-split", "0"]
     command += ["--epochs", str(EPOCHS), "--batch-size", str(RECIPE["batch"]), "--lr", str(RECIPE["lr"])]
+    command += ["--warmup", str(RECIPE["warmup"])]
     command += ["--output", str(out), "--overwrite", "--quiet", "--format", "jsonl"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())
