@@ -18,7 +18,7 @@ def test_env_json_reports_versions_devices_and_assets(cli):
     assert report["versions"]["transformers"] == transformers.__version__
     assert report["devices"]["torch_threads"] == torch.get_num_threads()
     assert report["hub"]["state"].startswith("offline")  # HF_HUB_OFFLINE=1 in tests
-    assert set(report["assets"]) == {"minilm", "smollm2", "movie-reviews"}
+    assert set(report["assets"]) == {"minilm", "smollm2", "movie-reviews", "conll2003", "squad"}
     assert report["caches"]["bgcli_home"]
 
 
