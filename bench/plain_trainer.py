@@ -7,6 +7,8 @@ a user would without bgcli. Prints the Trainer's train metrics (and test accurac
   --group-by-length` is the same script with dynamic padding and length-grouped batches.
 - ner (run_ner): first sub-token labels, dynamic padding, truncation at the tokenizer's
   limit, fp32; entity F1 on --test (JSONL tokens/ner_tags) counted by seqeval.
+- qa (run_qa): question + context windows (--max-length, --doc-stride) padded to the full
+  length, answer positions or CLS, fp32; trains and saves (the bench scores the model).
 
     python bench/plain_trainer.py --task mlm|clm|classification --model DIR --data F.jsonl --out DIR
 """
@@ -20,7 +22,7 @@ from itertools import chain
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=("mlm", "clm", "classification", "ner"), required=True)
+    parser.add_argument("--task", choices=("mlm", "clm", "classification", "ner", "qa"), required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--padding", choices=("max_length", "dynamic"), default="max_length")
     parser.add_argument("--group-by-length", action="store_true")
+    parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--test", help="classification: JSONL with text,label to report accuracy on")
     args = parser.parse_args()
     if args.task == "classification":
@@ -40,6 +43,9 @@ def main() -> None:
         return
     if args.task == "ner":
         ner(args)
+        return
+    if args.task == "qa":
+        qa(args)
         return
 
     from datasets import load_dataset
@@ -220,6 +226,73 @@ def ner(args) -> None:
             for p_row, g_row in zip(best, prediction.label_ids, strict=True)
         ]
         metrics["test_f1"] = float(f1_score(gold, predicted))
+    print(json.dumps(metrics))
+
+
+def qa(args) -> None:
+    """As run_qa.py's prepare_train_features: windows padded to max length; the answer's first
+    and last token, or CLS when the window does not hold the whole answer."""
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForQuestionAnswering.from_pretrained(args.model)
+
+    def prepare_train_features(batch):
+        encoded = tokenizer(
+            [q.lstrip() for q in batch["question"]],
+            batch["context"],
+            truncation="only_second",
+            max_length=args.max_length,
+            stride=args.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding="max_length",
+        )
+        samples = encoded.pop("overflow_to_sample_mapping")
+        offsets = encoded.pop("offset_mapping")
+        encoded["start_positions"], encoded["end_positions"] = [], []
+        for i, window_offsets in enumerate(offsets):
+            ids = encoded["input_ids"][i]
+            cls = ids.index(tokenizer.cls_token_id)
+            sequence = encoded.sequence_ids(i)
+            answers = batch["answers"][samples[i]]
+            start_char = answers["answer_start"][0]
+            end_char = start_char + len(answers["text"][0])
+            first = sequence.index(1)
+            last = len(sequence) - 1 - sequence[::-1].index(1)
+            if not (window_offsets[first][0] <= start_char and window_offsets[last][1] >= end_char):
+                encoded["start_positions"].append(cls)
+                encoded["end_positions"].append(cls)
+                continue
+            while first < len(window_offsets) and window_offsets[first][0] <= start_char:
+                first += 1
+            encoded["start_positions"].append(first - 1)
+            while window_offsets[last][1] >= end_char:
+                last -= 1
+            encoded["end_positions"].append(last + 1)
+        return encoded
+
+    raw = load_dataset("json", data_files=args.data, split="train")
+    train = raw.map(prepare_train_features, batched=True, remove_columns=raw.column_names)
+    training_args = TrainingArguments(**common_settings(args), num_train_epochs=args.epochs)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
+    metrics = trainer.train().metrics
+    trainer.save_model(args.out)
     print(json.dumps(metrics))
 
 

@@ -1,10 +1,17 @@
-"""QA inference: `bgcli qa`'s Reader against the loop a transformers 5 user writes today (the
-question-answering pipeline is gone): per question, tokenize its windows, one forward pass,
-the same run_qa decoding. Same model (minilm with a seeded fresh span head: speed does not
-depend on the head's training), the first BENCH_QA_QUESTIONS (default 1,000) SQuAD dev
-questions, windows of 384 tokens with stride 128; answers compared span by span.
+"""QA: `finetune --task qa` and `bgcli qa` against what a transformers 5 user writes today.
 
-    python -m bench qa
+- training: minilm on the first BENCH_QA_TRAIN (default 2,000) SQuAD training questions, 1
+  epoch, windows of 384 tokens with stride 128 on both sides; bgcli with the squad-minilm
+  settings (batch 32, lr 2e-4, warmup 0.1) against a plain Trainer script with run_qa.py's
+  defaults (windows padded to 384, batch 8, lr 5e-5, fp32). Throughput = train windows/s;
+  quality = both final models scored the same way (bgcli's run_qa decoding, squad F1) on the
+  first BENCH_QA_QUESTIONS dev questions.
+- inference: `bgcli qa`'s Reader against a loop calling the model per question (the
+  question-answering pipeline is gone), same windows and run_qa decoding. Same model
+  (minilm with a seeded fresh span head: speed does not depend on the head's training), the
+  first BENCH_QA_QUESTIONS (default 1,000) dev questions; answers compared span by span.
+
+    python -m bench qa      (BENCH_QA=training,inference picks the rows)
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from .inference import REPEATS, alternate, row
 from .runner import Result
 
 QUESTIONS = int(os.environ.get("BENCH_QA_QUESTIONS", "1000"))
+TRAIN = int(os.environ.get("BENCH_QA_TRAIN", "2000"))
 WINDOW, STRIDE = 384, 128
 
 
@@ -65,7 +73,88 @@ def per_question_loop(model, tokenizer, questions: list[str], contexts: list[str
     return spans
 
 
+def train_file() -> Path:
+    import json
+
+    path = bench_dir() / f"squad-train-{TRAIN}.jsonl"
+    if not path.is_file():
+        from bertgpt_cli.data import load_data
+
+        rows = load_data("squad@train").select(range(TRAIN))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def dev_f1(model_dir: Path) -> float:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from bertgpt_cli.commands.qa import QaConfig, Reader
+    from bertgpt_cli.data import load_data
+    from bertgpt_cli.metrics import load_metric
+    from bertgpt_cli.records import InputRecord
+
+    dev = load_data("squad@validation").select(range(QUESTIONS))
+    records = [InputRecord(i, r["question"], {"context": r["context"]}) for i, r in enumerate(dev)]
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+    reader = Reader(model, AutoTokenizer.from_pretrained(model_dir), QaConfig(model=str(model_dir)), None)
+    answers = [r[0]["answer"] for r in reader.answer(records)]
+    predictions = [{"id": r["id"], "prediction_text": a} for r, a in zip(dev, answers, strict=True)]
+    references = [{"id": r["id"], "answers": r["answers"]} for r in dev]
+    return load_metric("squad").compute(predictions=predictions, references=references)["f1"]
+
+
+def training_row() -> Result:
+    import json
+    import subprocess
+    import sys
+
+    from bertgpt_cli.assets import BUILTIN_MODELS
+
+    train = train_file()
+    ours_dir, plain_dir = bench_dir() / "train-qa-ours", bench_dir() / "train-qa-plain"
+    command = [sys.executable, "-m", "bertgpt_cli", "finetune", "--task", "qa", "-m", "minilm"]
+    command += ["--train-data", str(train), "--eval-split", "0", "--epochs", "1", "--max-length", str(WINDOW)]
+    command += ["--doc-stride", str(STRIDE), "--batch-size", "32", "--lr", "2e-4", "--warmup", "0.1"]
+    command += ["--output", str(ours_dir), "--overwrite", "--quiet", "--format", "jsonl"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    ours = json.loads((ours_dir / "metrics.json").read_text())["train"]
+    script = Path(__file__).with_name("plain_trainer.py")
+    command = [
+        sys.executable,
+        str(script),
+        "--task",
+        "qa",
+        "--model",
+        str(BUILTIN_MODELS["minilm"].model_dir()),
+    ]
+    command += ["--data", str(train), "--out", str(plain_dir), "--steps", "0", "--epochs", "1"]
+    command += ["--max-length", str(WINDOW), "--doc-stride", str(STRIDE)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    plain = json.loads(done.stdout.strip().splitlines()[-1])
+    ours_rate, plain_rate = ours["train_samples_per_second"], plain["train_samples_per_second"]
+    return Result(
+        name="finetune qa vs run_qa defaults",
+        ours=ours_rate,
+        baseline=plain_rate,
+        unit="windows/s",
+        ratio=round(ours_rate / plain_rate, 2),
+        identical=None,
+        baseline_name="plain Trainer script, run_qa defaults (padded 384, batch 8, lr 5e-5, fp32)",
+        details={
+            "train_questions": TRAIN,
+            "dev_f1_ours": round(dev_f1(ours_dir), 2),
+            "dev_f1_baseline": round(dev_f1(plain_dir), 2),
+        },
+    )
+
+
 def run() -> list[Result]:
+    chosen = os.environ.get("BENCH_QA", "training,inference").split(",")
+    rows = [training_row()] if "training" in chosen else []
+    return rows + (inference_rows() if "inference" in chosen else [])
+
+
+def inference_rows() -> list[Result]:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from bertgpt_cli.commands.qa import QaConfig, Reader

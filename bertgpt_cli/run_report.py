@@ -32,7 +32,8 @@ def plot_curves(run_dir: Path, history: list[dict]) -> list[str]:
         ax.plot([s for s, _ in evals], [h.get("eval_loss") for _, h in evals], "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if train or evals:  # a run shorter than one logging interval has nothing to label
+        ax.legend()
     if evals:
         metric_axis = ax.twinx()
         choices = (
