@@ -97,7 +97,7 @@ class QaTask(Task):
         if split != "train":
             order.sort(key=lambda i: -len(columns["input_ids"][i]))  # in-order eval with little padding
             self.layouts[split] = QaLayout(
-                ids=rows["id"],
+                ids=[str(i) for i in rows["id"]],  # the squad metric keys answers by string id
                 contexts=rows["context"],
                 questions=rows["question"],
                 answers=rows["answers"],
