@@ -78,20 +78,6 @@ def ordered_labels(tags: Iterable[str]) -> list[str]:
     return ["O", *sorted(present - {"O"})]
 
 
-def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(type, first word, last word + 1) for each chunk of a BIO sequence."""
-    spans: list[tuple[str, int, int]] = []
-    for index, tag in enumerate(tags):
-        prefix, kind = split_tag(tag)
-        if prefix == "B" or (
-            prefix == "I" and not (spans and spans[-1][0] == kind and spans[-1][2] == index)
-        ):
-            spans.append((kind, index, index + 1))
-        elif prefix == "I":
-            spans[-1] = (kind, spans[-1][1], index + 1)
-    return spans
-
-
 @dataclass
 class ConllSentences:
     tokens: list[list[str]]
