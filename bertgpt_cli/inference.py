@@ -103,6 +103,28 @@ def load_for_inference(
     return model, tokenizer
 
 
+def require_head(resolved, config, suffix: str, head: str, remedy: str) -> None:
+    """Refuse a model whose architectures have no `...{suffix}` class: a bare encoder, or a head
+    for another task, would get a random head of the wanted kind and answer noise."""
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith(suffix) for a in architectures):
+        raise UsageError(
+            f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
+            f"{head} head; {remedy}"
+        )
+
+
+def padded_batch(tokenizer, encoded, rows: list[int], device) -> dict:
+    """Rows of a tokenizer output (windows of different lengths) as right-padded model inputs
+    on `device`; offsets, special-token masks and other extras stay behind."""
+    inputs = [
+        name for name in tokenizer.model_input_names if name in encoded and name != "special_tokens_mask"
+    ]
+    features = [{name: encoded[name][i] for name in inputs} for i in rows]
+    padded = tokenizer.pad(features, padding=True, return_tensors="pt", padding_side="right")
+    return {k: v.to(device) for k, v in padded.items()}
+
+
 def refuse_random_weights(spec: str, task: str, missing: Iterable[str], model: Any, trained_by: str) -> None:
     """transformers fills weights missing from a checkpoint with random values and goes on;
     at inference that gives confident-looking noise (fill-mask on a bare encoder such as minilm,

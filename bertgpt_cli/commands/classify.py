@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..console import warn
 from ..errors import UsageError
-from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
+from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted, require_head
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
 from ..records import read_input_records, stream_to_writer
@@ -55,12 +55,8 @@ def run(config: ClassifyConfig) -> None:
 
 def require_classifier(resolved, config) -> None:
     """A bare encoder (minilm, bert-base-uncased) would get a random head: refuse it."""
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise UsageError(
-            f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
-            "classification head; fine-tune one first (`bgcli finetune`) or pass a classifier"
-        )
+    remedy = "fine-tune one first (`bgcli finetune`) or pass a classifier"
+    require_head(resolved, config, "ForSequenceClassification", "classification", remedy)
     pair_column = getattr(config, "bgcli_text_pair_column", None) or _run_config_pair_column(resolved)
     if pair_column:
         raise UsageError(

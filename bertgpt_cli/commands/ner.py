@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
+from ..inference import (
+    InferenceOptions,
+    load_for_inference,
+    model_max_length,
+    padded_batch,
+    process_sorted,
+    require_head,
+)
 from ..options import OUTPUT_FORMATS, InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
 from ..records import read_input_records, stream_to_writer
@@ -87,12 +94,8 @@ def run(config: NerConfig) -> None:
 
 def require_token_classifier(resolved, config) -> None:
     """A bare encoder or a sentence classifier would give random tags: refuse it."""
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith("ForTokenClassification") for a in architectures):
-        raise UsageError(
-            f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
-            "token-classification head; fine-tune one (`bgcli finetune --task ner`) or pass an NER model"
-        )
+    remedy = "fine-tune one (`bgcli finetune --task ner`) or pass an NER model"
+    require_head(resolved, config, "ForTokenClassification", "token-classification", remedy)
 
 
 def default_stride(window: int) -> int:
@@ -121,7 +124,6 @@ class Recognizer:
                 f"--stride {self.stride} leaves no new tokens per window: this model reads {room} "
                 f"tokens at a time; use a stride below {room}"
             )
-        self.inputs = [name for name in tokenizer.model_input_names if name != "special_tokens_mask"]
 
     def recognize(self, records) -> list:
         texts = [record.text for record in records]
@@ -147,9 +149,7 @@ class Recognizer:
     def _forward(self, encoded, batch: list[int]) -> list:
         import torch
 
-        features = [{name: encoded[name][i] for name in self.inputs if name in encoded} for i in batch]
-        padded = self.tokenizer.pad(features, padding=True, return_tensors="pt", padding_side="right")
-        padded = {k: v.to(self.model.device) for k, v in padded.items()}
+        padded = padded_batch(self.tokenizer, encoded, batch, self.model.device)
         with torch.inference_mode():
             logits = self.model(**padded).logits.float().cpu()
         return [logits[row, : len(encoded["input_ids"][i])] for row, i in enumerate(batch)]

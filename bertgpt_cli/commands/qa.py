@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
+from ..inference import (
+    InferenceOptions,
+    load_for_inference,
+    model_max_length,
+    padded_batch,
+    process_sorted,
+    require_head,
+)
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
 from ..records import InputRecord, RecordError, RecordStream, read_input_records, stream_to_writer
@@ -127,12 +134,8 @@ def read_context(source: str) -> str:
 
 
 def require_qa_head(resolved, config) -> None:
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith("ForQuestionAnswering") for a in architectures):
-        raise UsageError(
-            f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
-            "question-answering head; fine-tune one (`bgcli finetune --task qa`) or pass a SQuAD model"
-        )
+    remedy = "fine-tune one (`bgcli finetune --task qa`) or pass a SQuAD model"
+    require_head(resolved, config, "ForQuestionAnswering", "question-answering", remedy)
 
 
 class Reader:
@@ -150,7 +153,6 @@ class Reader:
                 f"--doc-stride {self.stride} is too large for windows of {self.window} tokens; "
                 f"use less than {self.window // 2}"
             )
-        self.inputs = [name for name in tokenizer.model_input_names if name != "special_tokens_mask"]
 
     def answer(self, records: list[InputRecord]) -> list:
         from ..qa_decoding import make_windows
@@ -186,9 +188,7 @@ class Reader:
         import torch
 
         encoded = windows.encoded
-        features = [{name: encoded[name][i] for name in self.inputs if name in encoded} for i in batch]
-        padded = self.tokenizer.pad(features, padding=True, return_tensors="pt", padding_side="right")
-        padded = {k: v.to(self.model.device) for k, v in padded.items()}
+        padded = padded_batch(self.tokenizer, encoded, batch, self.model.device)
         with torch.inference_mode():
             output = self.model(**padded)
         start, end = output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()

@@ -22,6 +22,7 @@ class Task:
     def __init__(self, config, tokenizer):
         self.config = config
         self.tokenizer = tokenizer
+        self.metrics_split = "eval"  # the split compute_metrics is scoring (see evaluating)
 
     def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Check columns and tokenize every split, one example per record (datasets.map, cached)."""
@@ -57,6 +58,7 @@ class Task:
     def evaluating(self, split: str) -> None:
         """Called before the final evaluation of a split ("eval", "test"), for tasks whose
         metrics need more than the predictions (NER puts windows back into sentences)."""
+        self.metrics_split = split
 
     def test_report(self, prediction) -> dict[str, Any] | None:
         """Extra test-set report (e.g. per-class scores and a confusion matrix)."""
@@ -77,3 +79,9 @@ class Task:
     def card_notes(self) -> list[str]:
         """Model-card bullet points specific to this task."""
         return []
+
+
+def longest_first(lengths: list[int]) -> list[int]:
+    """Row order for an eval split of an `ordered_eval` task: the Trainer then reads it in this
+    order, so longest first gives batches of similar lengths (little padding)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -15,7 +15,7 @@ from ..console import warn
 from ..data import require_columns
 from ..errors import UsageError
 from ..tagging import detect_scheme, ordered_labels, spans_to_word_tags, to_bio, words_with_offsets
-from .base import Task
+from .base import Task, longest_first
 
 # Word-level columns every input layout is turned into before tokenizing.
 TOKENS, TAGS = "tokens", "tag_ids"
@@ -43,7 +43,6 @@ class NerTask(Task):
         super().__init__(config, tokenizer)
         self.labels: list[str] = []
         self.layouts: dict[str, Layout] = {}
-        self.metrics_split = "eval"
         self.scheme = ""
 
     # -- data ---------------------------------------------------------------------------
@@ -173,10 +172,7 @@ class NerTask(Task):
             remove_columns=dataset.column_names,
         )
         if split != "train":
-            # Longest first, so that the in-order eval batches have little padding.
-            lengths = [len(ids) for ids in windows["input_ids"]]
-            order = sorted(range(len(windows)), key=lambda i: -lengths[i])
-            windows = windows.select(order)
+            windows = windows.select(longest_first([len(ids) for ids in windows["input_ids"]]))
             self.layouts[split] = Layout(
                 gold=dataset[TAGS],
                 tokens=dataset[TOKENS],
@@ -244,9 +240,6 @@ class NerTask(Task):
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(self.tokenizer)
-
-    def evaluating(self, split: str) -> None:
-        self.metrics_split = split
 
     def compute_metrics(self):
         from ..metrics import EntityMetrics

@@ -10,7 +10,7 @@ from ..console import info, warn
 from ..data import require_columns
 from ..errors import UsageError
 from ..qa_decoding import answer_positions, best_answers, make_windows
-from .base import Task
+from .base import Task, longest_first
 
 
 @dataclass
@@ -35,7 +35,6 @@ class QaTask(Task):
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
         self.layouts: dict[str, QaLayout] = {}
-        self.metrics_split = "eval"
         self.no_answer = config.allow_no_answer  # SQuAD v2; also set when the data has such questions
 
     def prepare(self, train, others: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -93,9 +92,9 @@ class QaTask(Task):
 
         columns = {k: list(v) for k, v in windows.encoded.items()}
         columns |= {"start_positions": starts, "end_positions": ends}
-        order = list(range(len(starts)))
+        order = list(range(len(starts)))  # train: as tokenized
         if split != "train":
-            order.sort(key=lambda i: -len(columns["input_ids"][i]))  # in-order eval with little padding
+            order = longest_first([len(ids) for ids in columns["input_ids"]])
             self.layouts[split] = QaLayout(
                 ids=[str(i) for i in rows["id"]],  # the squad metric keys answers by string id
                 contexts=rows["context"],
@@ -119,9 +118,6 @@ class QaTask(Task):
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(self.tokenizer)
-
-    def evaluating(self, split: str) -> None:
-        self.metrics_split = split
 
     def compute_metrics(self):
         from ..metrics import load_metric

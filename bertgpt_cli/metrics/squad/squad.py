@@ -14,6 +14,11 @@ import datasets
 import evaluate
 
 PUNCTUATION = set(string.punctuation)
+# A reference: the question id and its gold answers (the Hub's squad layout); squad_v2 too.
+REFERENCE = {
+    "id": datasets.Value("string"),
+    "answers": datasets.Sequence({"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}),
+}
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -47,12 +52,7 @@ class Squad(evaluate.Metric):
                         "id": datasets.Value("string"),
                         "prediction_text": datasets.Value("string"),
                     },
-                    "references": {
-                        "id": datasets.Value("string"),
-                        "answers": datasets.Sequence(
-                            {"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}
-                        ),
-                    },
+                    "references": REFERENCE,
                 }
             ),
         )

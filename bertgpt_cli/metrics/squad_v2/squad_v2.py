@@ -5,27 +5,20 @@ A question without gold answers is answered right only by the empty string. Outp
 scale (0-100) are those of the Hub's `squad_v2` metric (without the threshold search).
 """
 
-import collections
-
 import datasets
 import evaluate
 
-from bertgpt_cli.metrics.squad.squad import normalize_answer
-
-
-def exact(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
+from bertgpt_cli.metrics.squad.squad import REFERENCE, normalize_answer
+from bertgpt_cli.metrics.squad.squad import exact_match as exact
+from bertgpt_cli.metrics.squad.squad import f1 as v1_f1
 
 
 def f1(prediction: str, gold: str) -> float:
+    """v1.1's token F1, except that an empty side scores only when both are empty."""
     predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not expected:  # v2.0: an empty side scores only when both are empty
+    if not predicted or not expected:
         return float(predicted == expected)
-    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
+    return v1_f1(prediction, gold)
 
 
 class SquadV2(evaluate.Metric):
@@ -41,12 +34,7 @@ class SquadV2(evaluate.Metric):
                         "prediction_text": datasets.Value("string"),
                         "no_answer_probability": datasets.Value("float32"),
                     },
-                    "references": {
-                        "id": datasets.Value("string"),
-                        "answers": datasets.Sequence(
-                            {"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}
-                        ),
-                    },
+                    "references": REFERENCE,
                 }
             ),
         )
