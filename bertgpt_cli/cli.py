@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 from . import __version__
 from .commands import classify as classify_command
+from .commands import embed as embed_command
 from .commands import env as env_command
 from .commands import fill_mask as fill_mask_command
 from .commands import finetune as finetune_command
@@ -26,6 +27,7 @@ from .commands import models as models_command
 from .commands import ner as ner_command
 from .commands import qa as qa_command
 from .commands import recipes as recipes_command
+from .commands import search as search_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
@@ -74,6 +76,8 @@ COMMAND_MODULES = (
     classify_command,
     ner_command,
     qa_command,
+    embed_command,
+    search_command,
     env_command,
     models_command,
     tokenize_command,

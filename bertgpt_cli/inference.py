@@ -82,10 +82,13 @@ def load_for_inference(
     check: Callable[[Any, Any], None] | None = None,
     tokenizer_kwargs: dict | None = None,
     trained_by: str = "bgcli finetune",
+    ignore_missing: tuple[str, ...] = (),
+    resolved: Any = None,
 ):
     """Resolve, check the model can do `task`, load tokenizer + weights on the chosen device.
-    `trained_by` is the command that makes such a model, named when the weights are missing."""
-    resolved = resolve_model_options(model_options)
+    `trained_by` is the command that makes such a model, named when the weights are missing;
+    weights starting with `ignore_missing` may be missing (never used for this task)."""
+    resolved = resolved or resolve_model_options(model_options)
     config = load_config(resolved)
     if check is not None:
         check(resolved, config)
@@ -96,7 +99,7 @@ def load_for_inference(
     model, loading = load_model(
         resolved, auto_class, task, config=config, dtype=dtype, output_loading_info=True
     )
-    missing = loading.get("missing_keys") or ()
+    missing = [k for k in loading.get("missing_keys") or () if not k.startswith(ignore_missing)]
     refuse_random_weights(resolved.spec, task, missing, model, trained_by)
     model.to(device).eval()
     info(f"{task}: {resolved.spec} on {device} ({str(dtype).removeprefix('torch.')})")

@@ -105,7 +105,7 @@ def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Param
         default = None
     else:
         decls = [flag_name(field)]
-        if annotation is bool and default is True:
+        if base_type(annotation) is bool and default is not False:  # True, or None = "auto"
             decls = [f"{decls[0]}/--no-{decls[0][2:]}"]
         if meta.get("short"):
             decls.append(meta["short"])

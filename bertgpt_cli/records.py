@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import select
 import stat
 import sys
@@ -29,6 +30,7 @@ class InputRecord:
     text: str | None
     fields: dict = field(default_factory=dict)
     error: str | None = None
+    blank: bool = False  # an empty line: an error for a command's input, skipped in a corpus
 
 
 class RecordError(Exception):
@@ -132,24 +134,28 @@ def read_input_records(
     input_path: str | None,
     input_format: str = "auto",
     text_field: str = "text",
+    pair_field: str | None = None,
 ) -> RecordStream:
-    """Resolve where the texts come from; plain text is one text per line."""
+    """Resolve where the texts come from; plain text is one text per line. With `pair_field`
+    (sentence-pair commands), a TSV line is a text, a tab, and its pair (put in that field)."""
     if texts and input_path:
         raise UsageError("give texts as arguments or --input FILE, not both")
     if texts:
         return RecordStream(_text_record(i, t) for i, t in enumerate(texts, start=1))
+    if input_format == "auto" and pair_field and (input_path or "").endswith(".tsv"):
+        input_format = "tsv"
     if input_path in (None, "-"):
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError("stdin is closed: pass texts as arguments or --input FILE")
         if input_path is None and _stdin_is_terminal():
             raise UsageError("no input: pass texts as arguments, --input FILE, or pipe them on stdin")
-        return _line_records(sys.stdin.buffer, input_format, text_field, is_jsonl_name=False)
-    return _line_records(_open_input(input_path), input_format, text_field, input_path.endswith(".jsonl"))
-
-
-def _line_records(stream: BinaryIO, input_format: str, text_field: str, is_jsonl_name: bool) -> RecordStream:
+        stream, is_jsonl_name = sys.stdin.buffer, False
+    else:
+        stream, is_jsonl_name = _open_input(input_path), input_path.endswith(".jsonl")
     lines = PausableLines(stream)
-    return RecordStream(_read_lines(stream, lines, input_format, text_field, is_jsonl_name), lines)
+    return RecordStream(
+        _read_lines(stream, lines, input_format, text_field, is_jsonl_name, pair_field or "text_pair"), lines
+    )
 
 
 def _open_input(input_path: str) -> BinaryIO:
@@ -173,7 +179,12 @@ def _stdin_is_terminal() -> bool:
 
 
 def _read_lines(
-    stream: BinaryIO, raw_lines: Iterable[bytes], input_format: str, text_field: str, is_jsonl_name: bool
+    stream: BinaryIO,
+    raw_lines: Iterable[bytes],
+    input_format: str,
+    text_field: str,
+    is_jsonl_name: bool,
+    pair_field: str,
 ) -> Iterator[InputRecord]:
     """Decode lines one at a time so endless stdin runs in bounded memory."""
     lines = _decoded_lines(stream, raw_lines)
@@ -189,6 +200,8 @@ def _read_lines(
             yield InputRecord(number, None, error=decode_error)
         elif jsonl:
             yield _jsonl_record(number, text, text_field)
+        elif input_format == "tsv":
+            yield _tsv_record(number, text, pair_field)
         else:
             yield _text_record(number, text)
 
@@ -225,13 +238,31 @@ def _peek_first_non_empty(lines: Iterator[tuple[int, str, str | None]]):
 
 def _text_record(number: int, text: str) -> InputRecord:
     if not text.strip():
-        return InputRecord(number, None, error="empty line; remove it or give it a text")
+        return InputRecord(number, None, error="empty line; remove it or give it a text", blank=True)
     return InputRecord(number, text)
+
+
+def _tsv_record(number: int, line: str, pair_field: str) -> InputRecord:
+    """`text<TAB>pair`: the two texts of a sentence pair (tabs and newlines inside a text are
+    escaped as `\\t`, `\\n` in TSV, as bgcli writes them)."""
+    if not line.strip():
+        return InputRecord(number, None, error="empty line; remove it or give it a text", blank=True)
+    columns = [_tsv_unescape(c) for c in line.split("\t")]
+    if len(columns) != 2:
+        reason = f"expected 2 tab-separated texts (text, pair), got {len(columns)} columns"
+        return InputRecord(number, None, error=reason)
+    if not all(c.strip() for c in columns):
+        return InputRecord(number, None, error="the text or its pair is empty")
+    return InputRecord(number, columns[0], {pair_field: columns[1]})
+
+
+def _tsv_unescape(cell: str) -> str:
+    return re.sub(r"\\([\\tnr])", lambda m: {"t": "\t", "n": "\n", "r": "\r"}.get(m[1], m[1]), cell)
 
 
 def _jsonl_record(number: int, line: str, text_field: str) -> InputRecord:
     if not line.strip():
-        return InputRecord(number, None, error="empty line; every line must be a JSON object")
+        return InputRecord(number, None, error="empty line; every line must be a JSON object", blank=True)
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:

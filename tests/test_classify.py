@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,67 @@ def test_terminal_table_shows_each_text_with_its_label(cli, tiny_classifier_dir)
     rows = [line for line in table.splitlines() if "│" in line]
     assert [r.split("│")[1].strip() for r in rows] == texts
     assert [r.split("│")[2].strip() for r in rows] == [r["label"] for r in jsonl]
+
+
+PAIRS = [
+    ("a man is playing a guitar", "someone makes music"),
+    ("the cat sat on the mat", "paris is the capital of france"),
+    ("what a fun and charming comedy", "the movie was great"),
+]
+
+
+@pytest.fixture(scope="module")
+def pair_classifier_dir(tmp_path_factory, tiny_classifier_dir) -> Path:
+    """The tiny classifier, marked as fine-tuned on pairs as `finetune --text-pair-column` does."""
+    folder = tmp_path_factory.mktemp("pair-classifier") / "model"
+    shutil.copytree(tiny_classifier_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "bgcli_text_pair_column": "hypothesis"}))
+    return folder
+
+
+def test_sentence_pairs_equal_the_pipeline(cli, pair_classifier_dir, tmp_path):
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(pair_classifier_dir))
+    reference = [classifier({"text": a, "text_pair": b}) for a, b in PAIRS]
+    singles = records(cli(["classify", "-m", str(pair_classifier_dir), *(a for a, _ in PAIRS)]).stdout)
+    jsonl = "".join(json.dumps({"id": i, "text": a, "text_pair": b}) + "\n" for i, (a, b) in enumerate(PAIRS))
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{a}\t{b}\n" for a, b in PAIRS))
+    for args, data in ((["--batch-size", "2"], jsonl), (["-i", str(tsv)], None)):
+        result = cli(["classify", "-m", str(pair_classifier_dir), *args], input=data)
+        assert result.code == 0 and "sentence pairs" not in result.stderr, result.stderr
+        ours = records(result.stdout)
+        assert [r["label"] for r in ours] == [r["label"] for r in reference]
+        for o, r in zip(ours, reference, strict=True):
+            assert o["score"] == pytest.approx(r["score"], abs=1e-4)
+        assert [o["text_pair"] for o in ours] == [b for _, b in PAIRS]  # passed through
+    # The second text counts: scores differ from the first text alone.
+    assert [s["score"] for s in singles] != pytest.approx([r["score"] for r in reference], abs=1e-4)
+
+
+def test_a_pair_model_given_one_text_warns_once(cli, pair_classifier_dir):
+    result = cli(["classify", "-m", str(pair_classifier_dir), "a", "b"])
+    assert result.code == 0 and len(records(result.stdout)) == 2
+    assert result.stderr.count("fine-tuned on sentence pairs but line 1 has one text") == 1
+
+
+def test_a_single_text_model_given_pairs_warns_once(cli, tiny_classifier_dir):
+    data = "".join(json.dumps({"text": a, "text_pair": b}) + "\n" for a, b in PAIRS)
+    result = cli(["classify", "-m", str(tiny_classifier_dir)], input=data)
+    assert result.code == 0 and result.stderr.count("does not record training on pairs") == 1
+
+
+def test_bad_pair_records_are_reported_and_the_rest_goes_on(cli, pair_classifier_dir, tmp_path):
+    data = (
+        json.dumps({"text": "a", "text_pair": 3}) + "\n" + json.dumps({"text": "a", "text_pair": "b"}) + "\n"
+    )
+    result = cli(["classify", "-m", str(pair_classifier_dir)], input=data)
+    assert result.code == 1 and "line 1: field 'text_pair' is not a string" in result.stderr
+    assert "label" in records(result.stdout)[1]
+    tsv = tmp_path / "bad.tsv"
+    tsv.write_text("one column only\na\tb\n")
+    result = cli(["classify", "-m", str(pair_classifier_dir), "-i", str(tsv)])
+    assert result.code == 1 and "line 1: expected 2 tab-separated texts" in result.stderr
+    assert "label" in records(result.stdout)[1]

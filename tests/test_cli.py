@@ -41,7 +41,19 @@ def heavy_modules_after(args: list[str]) -> list[str]:
 
 
 def test_every_command_is_registered():
-    expected = {"env", "models", "tokenize", "fill-mask", "generate", "classify", "ner", "qa", "finetune"}
+    expected = {
+        "env",
+        "models",
+        "tokenize",
+        "fill-mask",
+        "generate",
+        "classify",
+        "ner",
+        "qa",
+        "finetune",
+        "embed",
+        "search",
+    }
     assert expected <= set(COMMANDS)
     assert GROUPS == ["recipes"]
 

@@ -209,7 +209,20 @@ def test_reference_lists_every_flag():
 
 @pytest.mark.parametrize(
     "command",
-    ["finetune", "fill-mask", "generate", "classify", "ner", "qa", "env", "models", "tokenize", "recipes"],
+    [
+        "finetune",
+        "fill-mask",
+        "generate",
+        "classify",
+        "ner",
+        "qa",
+        "embed",
+        "search",
+        "env",
+        "models",
+        "tokenize",
+        "recipes",
+    ],
 )
 def test_help_ends_with_examples_and_shows_no_type_tags(cli, command):
     result = cli([command, "--help"])

@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted, require_head
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from ..output import RecordWriter
-from ..records import read_input_records, stream_to_writer
+from ..records import RecordError, read_input_records, stream_to_writer
 
 NAME = "classify"
 HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id)."
@@ -18,6 +18,7 @@ EXAMPLES = (
     'bgcli classify -m runs/rt "a gorgeous, witty movie"',
     "cat reviews.jsonl | bgcli classify -m runs/rt --all-scores | jq -c '{id, label: .label, scores}'",
     "bgcli classify -m runs/rt -i reviews.txt --format tsv > labels.tsv",
+    "bgcli classify -m runs/nli -i pairs.tsv   # sentence pairs: text<TAB>text_pair",
 )
 
 
@@ -34,6 +35,19 @@ class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions
     threshold: float = option(
         0.5, "Multi-label models: labels whose probability reaches this.", panel="Classify", ge=0, le=1
     )
+    input_format: str = option(
+        "auto",
+        "How to read the input: plain text lines, JSON Lines, or TSV sentence pairs (text<TAB>pair). "
+        "auto: JSONL for .jsonl or a first line that is a JSON object, TSV for .tsv, else text.",
+        choices=("auto", "text", "jsonl", "tsv"),
+        panel="Input",
+    )
+    pair_field: str = option(
+        "text_pair",
+        "JSONL field holding the second text of a sentence pair (models fine-tuned with --text-pair-column).",
+        panel="Input",
+        metavar="FIELD",
+    )
 
 
 CONFIG = ClassifyConfig
@@ -42,7 +56,9 @@ CONFIG = ClassifyConfig
 def run(config: ClassifyConfig) -> None:
     if not config.model:
         raise UsageError("pass the classifier with --model/-m: a `bgcli finetune` run dir or a Hub id")
-    records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
+    records = read_input_records(
+        config.texts, config.input, config.input_format, config.text_field, pair_field=config.pair_field
+    )
     from transformers import AutoModelForSequenceClassification
 
     model, tokenizer = load_for_inference(
@@ -57,13 +73,8 @@ def require_classifier(resolved, config) -> None:
     """A bare encoder (minilm, bert-base-uncased) would get a random head: refuse it."""
     remedy = "fine-tune one first (`bgcli finetune`) or pass a classifier"
     require_head(resolved, config, "ForSequenceClassification", "classification", remedy)
-    pair_column = getattr(config, "bgcli_text_pair_column", None) or _run_config_pair_column(resolved)
-    if pair_column:
-        raise UsageError(
-            f"model '{resolved.spec}' was trained on sentence pairs (--text-pair-column {pair_column}); "
-            "classify reads single texts and would silently drop the second one: use "
-            "pipeline('text-classification') with text/text_pair until pair input lands here"
-        )
+    if not getattr(config, "bgcli_text_pair_column", None):
+        config.bgcli_text_pair_column = _run_config_pair_column(resolved)
 
 
 def _run_config_pair_column(resolved) -> str | None:
@@ -95,24 +106,69 @@ class Classifier:
         self.multi_label = model_config.problem_type == "multi_label_classification"
         self.sigmoid = self.multi_label or model_config.num_labels == 1
         self.warned = False
+        # A model fine-tuned on pairs records its pair column (see tasks/classification.py).
+        self.pair_model = bool(getattr(model_config, "bgcli_text_pair_column", None))
+        self.pair_warned = False
+
+    def pairs(self, records) -> list[str | None]:
+        """Each record's second text (JSONL --pair-field, or a TSV column), None when it has none;
+        a pair model given a lone text, or a single-text model given pairs, is warned about once."""
+        pairs = [r.fields.get(self.config.pair_field) for r in records]
+        given = [p is not None for p in pairs]
+        if not self.pair_warned and self.pair_model and not all(given):
+            warn(
+                f"this model was fine-tuned on sentence pairs but line {records[given.index(False)].line} "
+                f"has one text; give the second in the '{self.config.pair_field}' field or a TSV column"
+            )
+            self.pair_warned = True
+        elif not self.pair_warned and not self.pair_model and any(given):
+            warn(
+                "the input has sentence pairs but this model's config does not record training on pairs "
+                "(`finetune --text-pair-column` does): they are read together, as the pipeline would"
+            )
+            self.pair_warned = True
+        return pairs
 
     def classify(self, records) -> list:
-        encoded = self.tokenizer([r.text for r in records], truncation=False)["input_ids"]
+        field = self.config.pair_field
+        bad = {i for i, r in enumerate(records) if not isinstance(r.fields.get(field, ""), str)}
+        if bad:  # reported by line; the other records go on
+            good = self.classify([r for i, r in enumerate(records) if i not in bad])[::-1]
+            error = RecordError(f"field '{field}' is not a string")
+            return [error if i in bad else good.pop() for i in range(len(records))]
+        pairs = self.pairs(records)
+        texts = [r.text for r in records]
+        encoded = self._tokenize(texts, pairs, truncation=False)["input_ids"]
         if any(len(ids) > self.limit for ids in encoded) and not self.warned:
             warn(f"texts longer than {self.limit} tokens are truncated")
             self.warned = True
         lengths = [min(len(ids), self.limit) for ids in encoded]
 
         def run_batch(batch: list[int]) -> list:
-            return self._classify_texts([records[i].text for i in batch])
+            return self._classify_texts([texts[i] for i in batch], [pairs[i] for i in batch])
 
         return process_sorted(lengths, self.config.batch_size, run_batch)
 
-    def _classify_texts(self, texts: list[str]) -> list:
+    def _tokenize(self, texts: list[str], pairs: list[str | None], **kwargs):
+        """As the pipeline: text and text_pair together; a batch mixing pairs and lone texts is
+        tokenized in two groups (the tokenizer takes pairs for all or for none)."""
+        if all(p is None for p in pairs):
+            return self.tokenizer(texts, **kwargs)
+        if all(p is not None for p in pairs):
+            return self.tokenizer(texts, pairs, **kwargs)
+        return {
+            "input_ids": [
+                self.tokenizer(t, p, **kwargs)["input_ids"] for t, p in zip(texts, pairs, strict=True)
+            ]
+        }
+
+    def _classify_texts(self, texts: list[str], pairs: list[str | None]) -> list:
         import torch
 
-        inputs = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
+        if any(p is None for p in pairs) and any(p is not None for p in pairs):
+            return [self._classify_texts([t], [p])[0] for t, p in zip(texts, pairs, strict=True)]
+        inputs = self._tokenize(
+            texts, pairs, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
         )
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         with torch.inference_mode():
