@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 from . import __version__
 from .commands import classify as classify_command
+from .commands import data as data_command
 from .commands import embed as embed_command
 from .commands import env as env_command
 from .commands import fill_mask as fill_mask_command
@@ -85,6 +86,7 @@ COMMAND_MODULES = (
 for _module in COMMAND_MODULES:
     _register(_module)
 app.add_typer(recipes_command.APP, name=recipes_command.NAME)
+app.add_typer(data_command.APP, name=data_command.NAME)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

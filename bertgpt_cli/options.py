@@ -337,3 +337,13 @@ class ModelOptions:
     trust_remote_code: bool = option(
         False, "Allow running model code from the Hub (off unless you trust the repo).", panel="Model"
     )
+
+
+def same_option(config_cls: type, name: str, **changes: Any) -> Any:
+    """Another command's option, declared once: the same default, help and bounds (e.g. `data
+    check` takes finetune's column flags). `changes` override metadata such as the panel."""
+    source = next(f for f in dataclasses.fields(config_cls) if f.name == name)
+    metadata = {**source.metadata, **changes}
+    if source.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
+    return dataclasses.field(default=source.default, metadata=metadata)

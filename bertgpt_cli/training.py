@@ -173,6 +173,7 @@ def load_splits(config, task):
         others["eval"] = load_data(config.eval_data, config.data_format, config.tag_column)
     if config.test_data:
         others["test"] = load_data(config.test_data, config.data_format, config.tag_column)
+    warn_shared_rows(config, train, others)
     train, others = task.prepare(train, others)
     eval_set = others.get("eval")
     if eval_set is None and config.eval_split > 0:
@@ -188,6 +189,16 @@ def load_splits(config, task):
         task.finalize(eval_set, "eval") if eval_set is not None else None,
         task.finalize(test_set, "test") if test_set is not None else None,
     )
+
+
+def warn_shared_rows(config, train, others) -> None:
+    """`bgcli data check`'s blocking checks that cost nothing next to training: test (or eval)
+    rows that are also training rows make the reported score wrong. Rank 0 says it once."""
+    from .data_check import blocking_overlap_warnings
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        for message in blocking_overlap_warnings(config, train, others):
+            warn(f"{message} (bgcli data check shows more)")
 
 
 def best_metric(config, task) -> tuple[str, bool]:

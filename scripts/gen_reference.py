@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bertgpt_cli.cli import COMMAND_MODULES  # noqa: E402
+from bertgpt_cli.commands import data as data_command  # noqa: E402
 from bertgpt_cli.commands import recipes as recipes_command  # noqa: E402
 from bertgpt_cli.options import base_type, config_fields, describe_bounds, flag_name  # noqa: E402
 from bertgpt_cli.recipes import NON_RECIPE_KEYS  # noqa: E402
@@ -58,16 +59,16 @@ def flag_text(field: dataclasses.Field, annotation) -> str:
     if meta["kind"] == "argument":
         return f"`{meta.get('metavar') or field.name.upper()}...` (arguments)"
     name = flag_name(field)
-    if base_type(annotation) is bool and field.default is True:
+    if base_type(annotation) is bool and field.default is not False:  # True, or None = auto
         name = f"{name}/--no-{name[2:]}"
     return f"`{name}`" + (f", `{meta['short']}`" if meta.get("short") else "")
 
 
-def command_section(module) -> list[str]:
+def command_section(module, name: str | None = None) -> list[str]:
     config_cls = module.CONFIG
     hints = typing.get_type_hints(config_cls)
     fields = config_fields(config_cls)
-    lines = [f"## bgcli {module.NAME}", "", module.HELP, ""]
+    lines = [f"## bgcli {name or module.NAME}", "", module.HELP, ""]
     lines += ["| flag | type | default | panel | help |", "|---|---|---|---|---|"]
     for field in sorted(fields, key=lambda f: (f.metadata.get("panel") or "", 0)):
         meta = field.metadata
@@ -77,7 +78,10 @@ def command_section(module) -> list[str]:
         )
     if getattr(config_cls, "from_command_line", None):
         keys = [f.name for f in fields if f.name not in NON_RECIPE_KEYS]
-        lines += ["", "Recipe keys (the flags above with `-` → `_`): " + ", ".join(f"`{k}`" for k in keys) + "."]
+        lines += [
+            "",
+            "Recipe keys (the flags above with `-` → `_`): " + ", ".join(f"`{k}`" for k in keys) + ".",
+        ]
     lines += ["", "Examples:", "", "```bash", *module.EXAMPLES, "```", ""]
     return lines
 
@@ -114,10 +118,12 @@ def render() -> str:
     ]
     lines += [f"- [bgcli {m.NAME}](#bgcli-{m.NAME})" for m in COMMAND_MODULES] + [
         f"- [bgcli {recipes_command.NAME}](#bgcli-{recipes_command.NAME})",
+        "- [bgcli data check](#bgcli-data-check)",
         "",
     ]
     for module in COMMAND_MODULES:
         lines += command_section(module)
+    lines += command_section(data_command, "data check")
     lines += recipes_section()
     return "\n".join(lines).rstrip() + "\n"
 

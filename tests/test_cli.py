@@ -24,6 +24,7 @@ HELP_ARGS = (
     + [[c, "--help"] for c in COMMANDS]
     + [[g, "--help"] for g in GROUPS]
     + [["recipes", sub, "--help"] for sub in ("list", "show", "cp")]
+    + [["data", "check", "--help"]]
 )
 
 
@@ -55,7 +56,7 @@ def test_every_command_is_registered():
         "search",
     }
     assert expected <= set(COMMANDS)
-    assert GROUPS == ["recipes"]
+    assert GROUPS == ["data", "recipes"]
 
 
 @pytest.mark.parametrize("args", HELP_ARGS)
