@@ -21,6 +21,7 @@ from .commands import classify as classify_command
 from .commands import data as data_command
 from .commands import embed as embed_command
 from .commands import env as env_command
+from .commands import eval as eval_command
 from .commands import fill_mask as fill_mask_command
 from .commands import finetune as finetune_command
 from .commands import generate as generate_command
@@ -79,6 +80,7 @@ COMMAND_MODULES = (
     qa_command,
     embed_command,
     search_command,
+    eval_command,
     env_command,
     models_command,
     tokenize_command,

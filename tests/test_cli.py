@@ -54,6 +54,7 @@ def test_every_command_is_registered():
         "finetune",
         "embed",
         "search",
+        "eval",
     }
     assert expected <= set(COMMANDS)
     assert GROUPS == ["data", "recipes"]

@@ -93,6 +93,7 @@ def fixture_runs(
 ) -> dict[str, Path]:
     return {
         "rt": tiny_classifier_dir,
+        "rt-long": tiny_classifier_dir,
         "qa": tiny_qa_dir,
         "ner": tiny_ner_dir,
         "genres": tiny_multilabel_dir,

@@ -28,6 +28,10 @@ class Task:
         """Check columns and tokenize every split, one example per record (datasets.map, cached)."""
         raise NotImplementedError
 
+    def use_model_labels(self, model_config) -> None:
+        """Evaluating a trained model (`bgcli eval`): take its label set instead of deriving one
+        from training data, so the data's labels map onto the ids the model predicts."""
+
     def split(self, train, fraction: float, seed: int):
         """Hold out `fraction` of the prepared training records for evaluation."""
         parts = train.train_test_split(test_size=fraction, seed=seed)
@@ -39,6 +43,9 @@ class Task:
 
     def model(self, resolved):
         raise NotImplementedError
+
+    def attach(self, model) -> None:
+        """Set up what the task keeps about a model it did not load itself (`bgcli eval`)."""
 
     def collator(self):
         raise NotImplementedError

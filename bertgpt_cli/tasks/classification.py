@@ -18,6 +18,7 @@ class LabelSet:
     # are looked up by their names, so splits from different sources agree.
     value_to_id: dict[str, int] = field(default_factory=dict)
     class_names: list[str] | None = None  # the training column's ClassLabel names
+    source: str = "training"  # where the labels came from, for messages ("the model" in eval)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -84,7 +85,7 @@ def check_seen(present: set[str], labels: LabelSet, split: str) -> None:
     unseen = sorted(present - set(labels.value_to_id))
     if unseen:
         raise UsageError(
-            f"{split} data has label(s) {', '.join(unseen[:5])} not seen in training "
+            f"{split} data has label(s) {', '.join(unseen[:5])} not seen in {labels.source} "
             f"({', '.join(labels.names)}); fix the data or train on them too"
         )
 
@@ -166,10 +167,17 @@ class ClassificationTask(Task):
         train = without_empty_texts(train, self._text_columns(), c.train_data)
         others = {k: without_empty_texts(v, self._text_columns(), k) for k, v in others.items()}
         names = [n.strip() for n in c.label_names.split(",")] if c.label_names else None
-        self.labels = self._label_set(train, names)
-        train = self._tokenize(self._encode_labels(train, "train"))
+        if self.labels is None:  # else the model's own (use_model_labels)
+            self.labels = self._label_set(train, names)
+        train = self._tokenize(self._encode_labels(train, c.train_data))
         others = {k: self._tokenize(self._encode_labels(v, k)) for k, v in others.items()}
         return train, others
+
+    def use_model_labels(self, model_config) -> None:
+        """Data labels are matched to the model's by name, or by id for integer labels."""
+        names = [str(model_config.id2label[i]) for i in range(len(model_config.id2label))]
+        value_to_id = {str(i): i for i in range(len(names))} | {name: i for i, name in enumerate(names)}
+        self.labels = LabelSet(names, value_to_id, source="the model's labels")
 
     def _text_columns(self) -> list[str]:
         return [c for c in (self.config.text_column, self.config.text_pair_column) if c]

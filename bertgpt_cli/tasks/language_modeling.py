@@ -183,18 +183,20 @@ class MaskedLMTask(LanguageModelingTask):
         model, loading = load_model(
             resolved, AutoModelForMaskedLM, "masked-LM training", output_loading_info=True
         )
-        decoder = model.get_output_embeddings()
+        self.attach(model)
         missing = loading.get("missing_keys") or []
-        tied = decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
         # Keys outside the encoder (e.g. "cls.predictions...") missing from the checkpoint: a new
         # head. A tied decoder weight is the loaded embedding, so it is never among them.
         self.head_created = any(is_head_weight(key, model) for key in missing)
         if self.head_created:
-            tying = "its decoder is tied to the input embeddings" if tied else "its decoder is untied"
+            tying = "its decoder is tied to the input embeddings" if self.tied else "its decoder is untied"
             info(f"'{resolved.spec}' has no masked-LM head: created one ({tying})")
-        self.tied = tied
-        self.projection = MaskedPositionsProjection(decoder)
         return model
+
+    def attach(self, model) -> None:
+        decoder = model.get_output_embeddings()
+        self.tied = decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        self.projection = MaskedPositionsProjection(decoder)
 
     def collator(self):
         from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification

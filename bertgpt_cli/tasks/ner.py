@@ -42,6 +42,7 @@ class NerTask(Task):
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
         self.labels: list[str] = []
+        self.labels_source = "training"
         self.layouts: dict[str, Layout] = {}
         self.scheme = ""
 
@@ -59,12 +60,20 @@ class NerTask(Task):
         if self.scheme == "auto":
             self.scheme = detect_scheme(words["train"][1])
         normalised = {split: self._to_bio(tags, split) for split, (_, tags) in words.items()}
-        self.labels = ordered_labels(tag for sentence in normalised["train"] for tag in sentence)
+        if not self.labels:  # else the model's own (use_model_labels)
+            self.labels = ordered_labels(tag for sentence in normalised["train"] for tag in sentence)
         if len(self.labels) < 2:
             raise UsageError(f"{source} has no entity tags (only 'O'); check --tags-column / --tag-column")
-        encoded = {split: self._encode(words[split][0], normalised[split], split) for split in words}
+        encoded = {
+            split: self._encode(words[split][0], normalised[split], source if split == "train" else split)
+            for split in words
+        }
         train = encoded.pop("train")
         return train, encoded
+
+    def use_model_labels(self, model_config) -> None:
+        self.labels = [str(model_config.id2label[i]) for i in range(len(model_config.id2label))]
+        self.labels_source = "the model's labels"
 
     def _word_tags(self, dataset, source: str) -> tuple[list[list[str]], list[list[str]]]:
         """(tokens, tags as text) per sentence, from any of the three input layouts."""
@@ -157,7 +166,7 @@ class NerTask(Task):
         unseen = sorted({t for sentence in tags for t in sentence} - set(ids))
         if unseen:
             raise UsageError(
-                f"{split} data has tag(s) {', '.join(unseen[:5])} not seen in training "
+                f"{split} data has tag(s) {', '.join(unseen[:5])} not seen in {self.labels_source} "
                 f"({', '.join(self.labels)}); fix the data or train on them too"
             )
         encoded = [[ids[t] for t in sentence] for sentence in tags]
