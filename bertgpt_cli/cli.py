@@ -30,6 +30,7 @@ from .commands import ner as ner_command
 from .commands import qa as qa_command
 from .commands import recipes as recipes_command
 from .commands import search as search_command
+from .commands import serve as serve_command
 from .commands import tokenize as tokenize_command
 from .console import VERBOSITY, error
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
@@ -81,6 +82,7 @@ COMMAND_MODULES = (
     embed_command,
     search_command,
     eval_command,
+    serve_command,
     env_command,
     models_command,
     tokenize_command,

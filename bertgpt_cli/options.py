@@ -347,3 +347,17 @@ def same_option(config_cls: type, name: str, **changes: Any) -> Any:
     if source.default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
     return dataclasses.field(default=source.default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    server: str | None = option(
+        None,
+        "Send the records to a running `bgcli serve` at URL (default: $BGCLI_SERVER) instead of "
+        "loading the model here; -m names one of the server's models.",
+        panel="Server",
+        metavar="URL",
+    )
+    server_fallback: bool = option(
+        False, "When the server is down or lacks the model, load the model here instead.", panel="Server"
+    )

@@ -55,6 +55,7 @@ def test_every_command_is_registered():
         "embed",
         "search",
         "eval",
+        "serve",
     }
     assert expected <= set(COMMANDS)
     assert GROUPS == ["data", "recipes"]

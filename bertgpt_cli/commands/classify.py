@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from ..console import warn
 from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted, require_head
-from ..options import InputOptions, ModelOptions, OutputOptions, option
+from ..options import InputOptions, ModelOptions, OutputOptions, ServerOptions, option
 from ..output import RecordWriter
 from ..records import RecordError, read_input_records, stream_to_writer
+from ..serve_client import remote_or_local
 
 NAME = "classify"
 HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id)."
@@ -23,7 +24,7 @@ EXAMPLES = (
 
 
 @dataclass
-class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
+class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, ServerOptions):
     model: str | None = option(
         None,
         "Classifier: a finetune run dir or a Hub id (required).",
@@ -59,14 +60,25 @@ def run(config: ClassifyConfig) -> None:
     records = read_input_records(
         config.texts, config.input, config.input_format, config.text_field, pair_field=config.pair_field
     )
+    writer = RecordWriter(config.format, text_key="label", table_shows_input=True)
+    if remote_or_local(NAME, config, records, writer, window=config.batch_size * 8):
+        return
+    stream_to_writer(records, processor(load(config), config), writer, window=config.batch_size * 8)
+
+
+def load(config: ClassifyConfig):
+    """The heavy part (kept warm by `bgcli serve`): the classifier and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    model, tokenizer = load_for_inference(
+    return load_for_inference(
         config, config, AutoModelForSequenceClassification, "text classification", check=require_classifier
     )
-    classifier = Classifier(model, tokenizer, config)
-    writer = RecordWriter(config.format, text_key="label", table_shows_input=True)
-    stream_to_writer(records, classifier.classify, writer, window=config.batch_size * 8)
+
+
+def processor(loaded, config: ClassifyConfig):
+    """records -> one result per record, for these options."""
+    model, tokenizer = loaded
+    return Classifier(model, tokenizer, config).classify
 
 
 def require_classifier(resolved, config) -> None:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from ..console import warn
 from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
-from ..options import InputOptions, ModelOptions, OutputOptions, option
+from ..options import InputOptions, ModelOptions, OutputOptions, ServerOptions, option
 from ..output import RecordWriter
 from ..records import RecordError, read_input_records, stream_to_writer
+from ..serve_client import remote_or_local
 
 NAME = "fill-mask"
 HELP = "Predict the [MASK] tokens of each text (BERT-style masked LMs); same answers as transformers."
@@ -27,7 +28,7 @@ EXAMPLES = (
 
 
 @dataclass
-class FillMaskConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
+class FillMaskConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, ServerOptions):
     model: str = option(
         "bert-base-uncased",
         "Masked-LM: local dir (e.g. a `finetune --task mlm` run), Hub id, or alias.",
@@ -51,6 +52,19 @@ def run(config: FillMaskConfig) -> None:
     if config.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
+    writer = RecordWriter(
+        config.format,
+        text_key="predictions",
+        table_cells={"predictions": predictions_cell},
+        table_shows_input=True,
+    )
+    if remote_or_local(NAME, config, records, writer, window=config.batch_size * 8):
+        return
+    stream_to_writer(records, processor(load(config), config), writer, window=config.batch_size * 8)
+
+
+def load(config: FillMaskConfig):
+    """The heavy part (kept warm by `bgcli serve`): the masked LM and its tokenizer."""
     from transformers import AutoModelForMaskedLM
 
     model, tokenizer = load_for_inference(
@@ -58,19 +72,13 @@ def run(config: FillMaskConfig) -> None:
     )
     if tokenizer.mask_token is None:
         raise UsageError(f"the tokenizer of '{config.model}' has no mask token; use a masked-LM model")
+    return model, tokenizer
+
+
+def processor(loaded, config: FillMaskConfig):
+    model, tokenizer = loaded
     predictor = MaskPredictor(model, tokenizer, config.top_k, parse_targets(config.targets, tokenizer))
-    writer = RecordWriter(
-        config.format,
-        text_key="predictions",
-        table_cells={"predictions": predictions_cell},
-        table_shows_input=True,
-    )
-    stream_to_writer(
-        records,
-        lambda batch: predictor.predict(batch, config.batch_size),
-        writer,
-        window=config.batch_size * 8,
-    )
+    return lambda batch: predictor.predict(batch, config.batch_size)
 
 
 def predictions_cell(predictions: list) -> str:

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from ..console import stdout_is_terminal
 from ..errors import UsageError
 from ..inference import InferenceOptions, load_for_inference, model_max_length, process_sorted
-from ..options import InputOptions, ModelOptions, OutputOptions, option
+from ..options import InputOptions, ModelOptions, OutputOptions, ServerOptions, option
 from ..output import RecordWriter, resolve_format
 from ..records import read_input_records, stream_to_writer
+from ..serve_client import remote_or_local
 from ..skinny_linear import use_skinny_linears
 
 NAME = "generate"
@@ -24,7 +25,7 @@ EXAMPLES = (
 
 
 @dataclass
-class GenerateConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
+class GenerateConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, ServerOptions):
     model: str = option(
         "gpt2",
         "Causal LM: local dir, Hub id, or alias (smollm2 works offline).",
@@ -70,9 +71,29 @@ CONFIG = GenerateConfig
 def run(config: GenerateConfig) -> None:
     validate(config)
     records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
+    writer = RecordWriter(
+        config.format,
+        text_key="completion",
+        columns=["prompt", "completion", "generated_tokens", "finish_reason"],
+    )
+    if remote_or_local(NAME, config, records, writer, window=config.batch_size * 4):
+        return
+    generator = Generator(*load(config), config)
+    if config.seed is not None:
+        from transformers import set_seed
+
+        set_seed(config.seed)
+    if len(config.texts) == 1 and should_stream(config):
+        generator.stream(config.texts[0])
+        return
+    stream_to_writer(records, generator.generate, writer, window=config.batch_size * 4)
+
+
+def load(config: GenerateConfig):
+    """The heavy part (kept warm by `bgcli serve`): the causal LM and its (left-padding) tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = load_for_inference(
+    return load_for_inference(
         config,
         config,
         AutoModelForCausalLM,
@@ -81,20 +102,20 @@ def run(config: GenerateConfig) -> None:
         tokenizer_kwargs={"padding_side": "left"},
         trained_by="bgcli finetune --task clm",
     )
-    generator = Generator(model, tokenizer, config)
-    if config.seed is not None:
-        from transformers import set_seed
 
-        set_seed(config.seed)
-    writer = RecordWriter(
-        config.format,
-        text_key="completion",
-        columns=["prompt", "completion", "generated_tokens", "finish_reason"],
-    )
-    if len(config.texts) == 1 and should_stream(config):
-        generator.stream(config.texts[0])
-        return
-    stream_to_writer(records, generator.generate, writer, window=config.batch_size * 4)
+
+def processor(loaded, config: GenerateConfig):
+    """Seeded per call, so a server batch gives what `bgcli generate --seed N` gives."""
+    generator = Generator(*loaded, config)
+
+    def run(records) -> list:
+        if config.seed is not None:
+            from transformers import set_seed
+
+            set_seed(config.seed)
+        return generator.generate(records)
+
+    return run
 
 
 def validate(config: GenerateConfig) -> None:
@@ -147,6 +168,8 @@ class Generator:
         self.eos_ids = self._eos_ids()
         self.limit = model_max_length(tokenizer, model)
         self.generation_config = self._generation_config()
+        # Prompts already rendered with the chat template (the server's chat endpoint).
+        self.templated = False
         use_skinny_linears(model)  # faster decode steps on a CPU, same bits (see the module)
 
     def _eos_ids(self) -> set[int]:
@@ -177,14 +200,15 @@ class Generator:
         return gen
 
     def prompt_text(self, prompt: str) -> str:
-        if not self.config.chat:
+        if not self.config.chat or self.templated:
             return prompt
         messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
         messages.append({"role": "user", "content": prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, prompt: str):
-        ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.config.chat)["input_ids"]
+        templated = self.config.chat or self.templated  # the template holds the special tokens
+        ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not templated)["input_ids"]
         room = self.limit - self.config.max_new_tokens
         if room < 1:
             raise UsageError(

@@ -21,9 +21,10 @@ from ..inference import (
     process_sorted,
     require_head,
 )
-from ..options import OUTPUT_FORMATS, InputOptions, ModelOptions, OutputOptions, option
+from ..options import OUTPUT_FORMATS, InputOptions, ModelOptions, OutputOptions, ServerOptions, option
 from ..output import RecordWriter
 from ..records import read_input_records, stream_to_writer
+from ..serve_client import remote_or_local
 
 NAME = "ner"
 HELP = "Find named entities (people, places, ...) with character offsets; whole documents, any length."
@@ -37,7 +38,7 @@ EXAMPLES = (
 
 
 @dataclass
-class NerConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
+class NerConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, ServerOptions):
     model: str | None = option(
         None,
         "Token-classification model: a `finetune --task ner` run dir or a Hub id (required).",
@@ -77,9 +78,20 @@ def run(config: NerConfig) -> None:
     if not config.model:
         raise UsageError("pass the model with --model/-m: a `bgcli finetune --task ner` run dir or a Hub id")
     records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
+    if config.format != "conll":  # CoNLL rows need the tokenizer's words: local only
+        writer = EntityWriter(config.format, None)
+        if remote_or_local(NAME, config, records, writer, window=config.batch_size * 8):
+            return
+    loaded = load(config)
+    writer = EntityWriter(config.format, loaded[1])
+    stream_to_writer(records, processor(loaded, config), writer, window=config.batch_size * 8)
+
+
+def load(config: NerConfig):
+    """The heavy part (kept warm by `bgcli serve`): the token classifier and its tokenizer."""
     from transformers import AutoModelForTokenClassification
 
-    model, tokenizer = load_for_inference(
+    return load_for_inference(
         config,
         config,
         AutoModelForTokenClassification,
@@ -87,9 +99,11 @@ def run(config: NerConfig) -> None:
         check=require_token_classifier,
         trained_by="bgcli finetune --task ner",
     )
-    recognizer = Recognizer(model, tokenizer, config)
-    writer = EntityWriter(config.format, tokenizer)
-    stream_to_writer(records, recognizer.recognize, writer, window=config.batch_size * 8)
+
+
+def processor(loaded, config: NerConfig):
+    model, tokenizer = loaded
+    return Recognizer(model, tokenizer, config).recognize
 
 
 def require_token_classifier(resolved, config) -> None:

@@ -84,9 +84,17 @@ def run(config: QaConfig) -> None:
     if not config.model:
         raise UsageError("pass the model with --model/-m: a `bgcli finetune --task qa` run dir or a Hub id")
     records, shared_context = question_records(config)
+    model, tokenizer = load(config)
+    reader = Reader(model, tokenizer, config, shared_context)
+    writer = AnswerWriter(config.format, shared_context, config.context_field)
+    stream_to_writer(records, reader.answer, writer, window=config.batch_size * 8)
+
+
+def load(config: QaConfig):
+    """The heavy part (kept warm by `bgcli serve`): the span model and its tokenizer."""
     from transformers import AutoModelForQuestionAnswering
 
-    model, tokenizer = load_for_inference(
+    return load_for_inference(
         config,
         config,
         AutoModelForQuestionAnswering,
@@ -94,9 +102,12 @@ def run(config: QaConfig) -> None:
         check=require_qa_head,
         trained_by="bgcli finetune --task qa",
     )
-    reader = Reader(model, tokenizer, config, shared_context)
-    writer = AnswerWriter(config.format, shared_context, config.context_field)
-    stream_to_writer(records, reader.answer, writer, window=config.batch_size * 8)
+
+
+def processor(loaded, config: QaConfig):
+    """Records that carry their own context (the server's /v1/qa)."""
+    model, tokenizer = loaded
+    return Reader(model, tokenizer, config, None).answer
 
 
 def question_records(config: QaConfig) -> tuple[RecordStream, str | None]:
