@@ -11,7 +11,7 @@ import json
 
 from .runner import RESULTS, print_table, save
 
-BENCHMARKS = ["startup", "inference", "training", "ner", "qa", "embed"]
+BENCHMARKS = ["startup", "inference", "training", "ner", "qa", "embed", "serve"]
 
 
 def markdown() -> str:

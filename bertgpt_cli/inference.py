@@ -19,7 +19,7 @@ from .model_resolution import (
 )
 from .options import ModelOptions, option
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ class InferenceOptions:
     precision: str = option(
         "auto",
         "Weights dtype. auto: fp32 on CPU (exact answers), bf16 on a GPU that has it. "
+        "int8: dynamic int8 linear layers (CPU only; faster, answers may change). "
         "fp16 on a CPU is ~100x slower: never chosen there.",
         choices=PRECISIONS,
         panel="Speed",
@@ -60,7 +61,7 @@ def pick_device(spec: str):
 def pick_dtype(precision: str, device):
     import torch
 
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):  # int8: loaded in fp32, then quantized (see quantize_int8)
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
@@ -102,8 +103,25 @@ def load_for_inference(
     missing = [k for k in loading.get("missing_keys") or () if not k.startswith(ignore_missing)]
     refuse_random_weights(resolved.spec, task, missing, model, trained_by)
     model.to(device).eval()
-    info(f"{task}: {resolved.spec} on {device} ({str(dtype).removeprefix('torch.')})")
+    if speed.precision == "int8":
+        model = quantize_int8(model, device)
+    shown = "int8 linear layers" if speed.precision == "int8" else str(dtype).removeprefix("torch.")
+    info(f"{task}: {resolved.spec} on {device} ({shown})")
     return model, tokenizer
+
+
+def quantize_int8(model, device):
+    """torch's dynamic quantization of every nn.Linear: int8 weights, activations quantized per
+    batch. CPU only; the answers can change (see docs/performance.md for the agreement)."""
+    import warnings
+
+    import torch
+
+    if device.type != "cpu":
+        raise UsageError("--precision int8 runs on a CPU only; use --device cpu, or bf16 on a GPU")
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def require_head(resolved, config, suffix: str, head: str, remedy: str) -> None:

@@ -159,3 +159,37 @@ def test_bad_pair_records_are_reported_and_the_rest_goes_on(cli, pair_classifier
     result = cli(["classify", "-m", str(pair_classifier_dir), "-i", str(tsv)])
     assert result.code == 1 and "line 1: expected 2 tab-separated texts" in result.stderr
     assert "label" in records(result.stdout)[1]
+
+
+def test_int8_equals_torch_dynamic_quantization(cli, tiny_classifier_dir):
+    import warnings
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    # One text per batch: dynamic quantization scales activations per batch, so a text's answer
+    # depends a little on its batch mates (docs/performance.md).
+    result = cli(
+        ["classify", "-m", str(tiny_classifier_dir), "--precision", "int8", "--batch-size", "1", *TEXTS]
+    )
+    assert result.code == 0 and "int8 linear layers" in result.stderr
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    for text, ours in zip(TEXTS, records(result.stdout), strict=True):
+        with torch.inference_mode():
+            probs = quantized(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+        assert ours["label"] == model.config.id2label[int(probs.argmax())]
+        assert ours["score"] == pytest.approx(float(probs.max()), abs=1e-4)
+
+
+def test_int8_is_cpu_only():
+    import torch
+
+    from bertgpt_cli.errors import UsageError
+    from bertgpt_cli.inference import quantize_int8
+
+    with pytest.raises(UsageError, match="CPU only"):
+        quantize_int8(torch.nn.Linear(2, 2), torch.device("cuda"))
