@@ -14,13 +14,23 @@ from .runner import RESULTS, print_table, save
 BENCHMARKS = ["startup", "inference", "training", "ner", "qa", "embed", "serve"]
 
 
+def machine_text(details: dict) -> str:
+    """`Intel Xeon ..., 2 threads, amx_bf16`; empty for rows measured before machines were kept."""
+    m = details.get("machine")
+    if not m:
+        return ""
+    units = f", {'/'.join(m['bf16_units'])}" if m.get("bf16_units") else ""
+    return f"{m['cpu']}, {m['threads']} threads{units}"
+
+
 def markdown() -> str:
     """Two tables: inference/start-up rows, then training rows (quality and MFU columns)."""
     results = json.loads(RESULTS.read_text())
     training = [r for r in results if "mfu_ours" in r.get("details", {})]
     lines = [
-        "| benchmark | bgcli | baseline | unit | ratio | identical | agree | RSS MB | baseline is |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| benchmark | bgcli | baseline | unit | ratio | identical | agree | RSS MB | baseline is "
+        "| measured on |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r in training:
@@ -32,7 +42,7 @@ def markdown() -> str:
         same = "" if r["identical"] is None else ("yes" if r["identical"] else "no")
         lines.append(
             f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio']}x | {same} "
-            f"| {agree} | {rss_text} | {r['baseline_name']} |"
+            f"| {agree} | {rss_text} | {r['baseline_name']} | {machine_text(details)} |"
         )
     if training:
         lines += [

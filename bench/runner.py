@@ -95,9 +95,27 @@ def print_table(results: list[Result]) -> None:
         )
 
 
+def machine() -> dict[str, Any]:
+    """Which CPU a ratio comes from: ratios move between CPUs (bf16/AMX units, cache sizes)."""
+    import torch
+
+    from bertgpt_cli.devices import cpu_bf16_units, cpu_model
+
+    return {
+        "cpu": cpu_model(),
+        "bf16_units": cpu_bf16_units(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
 def save(results: list[Result]) -> None:
-    """Merge by name into bench/results.json, so running one benchmark keeps the others."""
+    """Merge by name into bench/results.json, so running one benchmark keeps the others;
+    each new row records the machine it was measured on."""
     existing = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     merged = {r["name"]: r for r in existing}
+    here = machine()
+    for r in results:
+        r.details.setdefault("machine", here)
     merged.update({r.name: asdict(r) for r in results})
     RESULTS.write_text(json.dumps(list(merged.values()), indent=2) + "\n")
