@@ -7,6 +7,13 @@ import pytest
 from bertgpt_cli import skinny_linear
 
 
+@pytest.fixture(autouse=True)
+def fresh_verdicts(monkeypatch, tmp_path):
+    """Every test starts on a machine with no verdicts yet (its own cache file)."""
+    monkeypatch.setattr(skinny_linear, "_verdicts", None)
+    monkeypatch.setattr(skinny_linear, "cache_path", lambda: tmp_path / "skinny_linear.json")
+
+
 def _layers(bias: bool):
     import torch
 
@@ -29,8 +36,10 @@ def test_same_bits_as_linear_for_every_row_count(bias):
             for _ in range(2):  # first call checks the shape, the second uses the verdict
                 assert torch.equal(skinny(x), stock(x)), rows
             assert skinny(x).is_contiguous()
-    verdicts = {key[0]: same for key, same in skinny_linear._bit_identical.items() if key[1:3] == (80, 48)}
-    assert set(verdicts) == set(range(1, skinny_linear.MAX_ROWS + 1))  # every few-row shape was checked
+    verdicts = {
+        int(k.split(",")[0]) for k in skinny_linear.known_verdicts() if k.split(",")[1:3] == ["80", "48"]
+    }
+    assert verdicts == set(range(1, skinny_linear.MAX_ROWS + 1))  # every few-row shape was judged
 
 
 def test_a_shape_whose_bits_differ_falls_back_to_linear(monkeypatch):
@@ -45,13 +54,52 @@ def test_a_shape_whose_bits_differ_falls_back_to_linear(monkeypatch):
         return torch.nextafter(stock(x), torch.tensor(float("inf")))
 
     monkeypatch.setattr(type(skinny), "_weight_times_input", off_by_a_bit)
-    monkeypatch.setattr(skinny_linear, "_bit_identical", {})
     x = torch.randn(7, 48)
     with torch.inference_mode():
         assert torch.equal(skinny(x), stock(x))
         assert torch.equal(skinny(x), stock(x))
     assert calls == [7]  # tried once, never again for this shape
-    assert list(skinny_linear._bit_identical.values()) == [False]
+    assert list(skinny_linear.known_verdicts().values()) == ["differs"]
+
+
+def test_an_exact_but_slower_shape_falls_back_and_the_verdict_is_kept(monkeypatch):
+    """A CPU where W @ x.T is exact but loses the race: F.linear from then on, in this process
+    and in the next (the verdict is read back from the cache file, not timed again)."""
+    import torch
+
+    stock, skinny = _layers(bias=True)
+    monkeypatch.setattr(skinny_linear, "measured_faster", lambda layer, x, rows: False)
+    fast_calls = []
+    original = type(skinny)._weight_times_input
+
+    def counting(self, x, rows):
+        fast_calls.append(rows)
+        return original(self, x, rows)
+
+    monkeypatch.setattr(type(skinny), "_weight_times_input", counting)
+    x = torch.randn(16, 1, 48)
+    with torch.inference_mode():
+        for _ in range(3):
+            assert torch.equal(skinny(x), stock(x))
+    assert fast_calls == [16]  # only the exactness check of the first call
+    key = next(iter(skinny_linear.known_verdicts()))
+    assert skinny_linear.known_verdicts() == {key: "slower"}
+    monkeypatch.setattr(skinny_linear, "_verdicts", None)  # a new process on the same machine
+    monkeypatch.setattr(skinny_linear, "measured_faster", lambda *a: pytest.fail("timed again"))
+    with torch.inference_mode():
+        assert torch.equal(skinny(x), stock(x))
+    assert fast_calls == [16] and skinny_linear.known_verdicts()[key] == "slower"
+
+
+def test_a_faster_exact_shape_uses_the_fast_form(monkeypatch):
+    import torch
+
+    stock, skinny = _layers(bias=False)
+    monkeypatch.setattr(skinny_linear, "measured_faster", lambda layer, x, rows: True)
+    x = torch.randn(1, 1, 48)  # one row: exact on every BLAS tried
+    with torch.inference_mode():
+        assert torch.equal(skinny(x), stock(x))
+    assert list(skinny_linear.known_verdicts().values()) in (["fast"], ["differs"])
 
 
 def test_only_plain_cpu_linears_are_switched(tiny_llama_dir):
