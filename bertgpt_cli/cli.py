@@ -22,6 +22,7 @@ from .commands import data as data_command
 from .commands import embed as embed_command
 from .commands import env as env_command
 from .commands import eval as eval_command
+from .commands import export as export_command
 from .commands import fill_mask as fill_mask_command
 from .commands import finetune as finetune_command
 from .commands import generate as generate_command
@@ -83,6 +84,7 @@ COMMAND_MODULES = (
     search_command,
     eval_command,
     serve_command,
+    export_command,
     env_command,
     models_command,
     tokenize_command,

@@ -17,6 +17,7 @@ from .model_resolution import (
     load_tokenizer,
     resolve_model_options,
 )
+from .onnx_model import export_info
 from .options import ModelOptions, option
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -97,6 +98,9 @@ def load_for_inference(
     dtype = pick_dtype(speed.precision, device)
     tokenizer = load_tokenizer(resolved, **(tokenizer_kwargs or {}))
     check_tokenizer_fits_model(resolved, tokenizer, config)
+    exported = export_info(resolved.location) if resolved.source != "hub" else None
+    if exported is not None:
+        return load_exported(resolved, config, exported, auto_class, speed, task), tokenizer
     model, loading = load_model(
         resolved, auto_class, task, config=config, dtype=dtype, output_loading_info=True
     )
@@ -108,6 +112,21 @@ def load_for_inference(
     shown = "int8 linear layers" if speed.precision == "int8" else str(dtype).removeprefix("torch.")
     info(f"{task}: {resolved.spec} on {device} ({shown})")
     return model, tokenizer
+
+
+def load_exported(resolved, config, exported: dict, auto_class, speed, task: str):
+    """A `bgcli export` dir: onnxruntime on the CPU, at the precision it was exported with."""
+    from .onnx_model import OnnxModel
+
+    if speed.precision not in ("auto", "fp32") or speed.device not in ("auto", "cpu"):
+        warn(
+            "an ONNX export runs on the CPU at the precision it was exported with; "
+            "--precision and --device are ignored"
+        )
+    model = OnnxModel(resolved.location, config, exported, getattr(auto_class, "__name__", str(auto_class)))
+    quantized = " int8" if exported.get("quantize") == "int8" else ""
+    info(f"{task}: {resolved.spec} with onnxruntime{quantized} on cpu")
+    return model
 
 
 def quantize_int8(model, device):

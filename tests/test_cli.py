@@ -56,6 +56,7 @@ def test_every_command_is_registered():
         "search",
         "eval",
         "serve",
+        "export",
     }
     assert expected <= set(COMMANDS)
     assert GROUPS == ["data", "recipes"]

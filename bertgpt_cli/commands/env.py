@@ -46,6 +46,9 @@ LIBRARIES = (
     "safetensors",
     "typer",
     "rich",
+    "onnxruntime",  # optional (`bgcli export`, ONNX model dirs): None when not installed
+    "fastapi",
+    "uvicorn",
 )
 
 

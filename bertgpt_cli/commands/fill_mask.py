@@ -122,13 +122,15 @@ class MaskPredictor:
         if target_ids:
             self.top_k = min(top_k, len(target_ids))  # as the pipeline: at most every target
         else:
-            vocabulary = model.get_output_embeddings().weight.shape[0]
+            embeddings = getattr(model, "get_output_embeddings", lambda: None)()
+            vocabulary = embeddings.weight.shape[0] if embeddings is not None else model.config.vocab_size
             if top_k > vocabulary:
                 warn(f"--top-k {top_k} is more than the vocabulary holds; showing all {vocabulary}")
             self.top_k = min(top_k, vocabulary)
         self.target_ids = torch.tensor(target_ids) if target_ids else None
         self.max_length = model_max_length(tokenizer, model)
-        self.head = mask_head(model)
+        # An ONNX export has no modules to split: its full logits, then the masked positions.
+        self.head = mask_head(model) if hasattr(model, "base_model") else None
         self.warned_truncation = False
 
     def normalize(self, text: str) -> str:
