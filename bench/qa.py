@@ -10,6 +10,8 @@
   question-answering pipeline is gone), same windows and run_qa decoding. Same model
   (minilm with a seeded fresh span head: speed does not depend on the head's training), the
   first BENCH_QA_QUESTIONS (default 1,000) dev questions; answers compared span by span.
+  BENCH_QA_MODEL=DIR uses a trained model instead (the bf16 / int8 rows then say how often
+  their answer is the fp32 answer; a fresh head's near-tied logits are the worst case).
 
     python -m bench qa      (BENCH_QA=training,inference picks the rows)
 """
@@ -103,7 +105,38 @@ def dev_f1(model_dir: Path) -> float:
     return load_metric("squad").compute(predictions=predictions, references=references)["f1"]
 
 
-def training_row() -> Result:
+def train_ours(out: Path, batch_size: int, lr: float, warmup: float) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "bertgpt_cli", "finetune", "--task", "qa", "-m", "minilm"]
+    command += [
+        "--train-data",
+        str(train_file()),
+        "--eval-split",
+        "0",
+        "--epochs",
+        "1",
+        "--max-length",
+        str(WINDOW),
+    ]
+    command += [
+        "--doc-stride",
+        str(STRIDE),
+        "--batch-size",
+        str(batch_size),
+        "--lr",
+        str(lr),
+        "--warmup",
+        str(warmup),
+    ]
+    command += ["--output", str(out), "--overwrite", "--quiet", "--format", "jsonl"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "metrics.json").read_text())["train"]
+
+
+def training_row() -> list[Result]:
     import json
     import subprocess
     import sys
@@ -112,12 +145,9 @@ def training_row() -> Result:
 
     train = train_file()
     ours_dir, plain_dir = bench_dir() / "train-qa-ours", bench_dir() / "train-qa-plain"
-    command = [sys.executable, "-m", "bertgpt_cli", "finetune", "--task", "qa", "-m", "minilm"]
-    command += ["--train-data", str(train), "--eval-split", "0", "--epochs", "1", "--max-length", str(WINDOW)]
-    command += ["--doc-stride", str(STRIDE), "--batch-size", "32", "--lr", "2e-4", "--warmup", "0.1"]
-    command += ["--output", str(ours_dir), "--overwrite", "--quiet", "--format", "jsonl"]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    ours = json.loads((ours_dir / "metrics.json").read_text())["train"]
+    same_dir = bench_dir() / "train-qa-ours-run-qa-settings"
+    ours = train_ours(ours_dir, 32, 2e-4, 0.1)  # the squad-minilm recipe's settings
+    same = train_ours(same_dir, 8, 5e-5, 0.0)  # run_qa's: the same updates, only the engine differs
     script = Path(__file__).with_name("plain_trainer.py")
     command = [
         sys.executable,
@@ -132,8 +162,23 @@ def training_row() -> Result:
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     plain = json.loads(done.stdout.strip().splitlines()[-1])
     ours_rate, plain_rate = ours["train_samples_per_second"], plain["train_samples_per_second"]
-    return Result(
-        name="finetune qa vs run_qa defaults",
+    plain_f1 = round(dev_f1(plain_dir), 2)
+    same_row = Result(
+        name="finetune qa (run_qa settings) vs run_qa defaults",
+        ours=same["train_samples_per_second"],
+        baseline=plain_rate,
+        unit="windows/s",
+        ratio=round(same["train_samples_per_second"] / plain_rate, 2),
+        identical=None,
+        baseline_name="plain Trainer script, run_qa defaults (padded 384, batch 8, lr 5e-5, fp32)",
+        details={
+            "train_questions": TRAIN,
+            "dev_f1_ours": round(dev_f1(same_dir), 2),
+            "dev_f1_baseline": plain_f1,
+        },
+    )
+    recipe_row = Result(
+        name="finetune qa (squad-minilm settings) vs run_qa defaults",
         ours=ours_rate,
         baseline=plain_rate,
         unit="windows/s",
@@ -143,14 +188,15 @@ def training_row() -> Result:
         details={
             "train_questions": TRAIN,
             "dev_f1_ours": round(dev_f1(ours_dir), 2),
-            "dev_f1_baseline": round(dev_f1(plain_dir), 2),
+            "dev_f1_baseline": plain_f1,
         },
     )
+    return [recipe_row, same_row]
 
 
 def run() -> list[Result]:
     chosen = os.environ.get("BENCH_QA", "training,inference").split(",")
-    rows = [training_row()] if "training" in chosen else []
+    rows = training_row() if "training" in chosen else []
     return rows + (inference_rows() if "inference" in chosen else [])
 
 
@@ -166,7 +212,9 @@ def inference_rows() -> list[Result]:
     records = [
         InputRecord(i, q, {"context": c}) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))
     ]
-    model_dir = minilm_with_span_head()
+    # BENCH_QA_MODEL: a trained model (e.g. a squad-minilm run) makes the bf16 / int8
+    # agreement meaningful; a fresh head's near-tied logits are the worst case.
+    model_dir = Path(os.environ.get("BENCH_QA_MODEL") or minilm_with_span_head())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
     reader = Reader(model, tokenizer, QaConfig(model=str(model_dir), batch_size=32, doc_stride=STRIDE), None)
@@ -180,7 +228,32 @@ def inference_rows() -> list[Result]:
         REPEATS,
     )
     (ours_rate, ours_out), (loop_rate, loop_out) = measured["ours"], measured["loop"]
-    return [
+    rows = []
+    for precision in ("bf16", "int8"):
+        config = QaConfig(model=str(model_dir), batch_size=32, doc_stride=STRIDE, precision=precision)
+        from bertgpt_cli.inference import load_for_inference
+
+        fast_model, fast_tokenizer = load_for_inference(config, config, AutoModelForQuestionAnswering, "qa")
+        fast = Reader(fast_model, fast_tokenizer, config, None)
+        rate, spans = alternate(
+            {"fast": lambda fast=fast: [(r[0]["start"], r[0]["end"]) for r in fast.answer(records)]},
+            len(questions),
+            REPEATS,
+        )["fast"]
+        same = sum(a == b for a, b in zip(spans, ours_out, strict=True)) / len(spans)
+        rows.append(
+            row(
+                f"qa {precision} vs per-question loop",
+                rate,
+                loop_rate,
+                "q/s",
+                same == 1.0,
+                "the same loop (fp32)",
+                items=len(questions),
+                agreement_with_fp32=round(same, 4),
+            )
+        )
+    return rows + [
         row(
             "qa fp32 vs per-question loop",
             ours_rate,

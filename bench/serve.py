@@ -95,27 +95,29 @@ def concurrent_row(url: str, classifier: str) -> Result:
 
     latencies: list[float] = []
     labels: dict[int, str] = {}
-    next_index = iter(range(len(texts)))
-    lock = threading.Lock()
 
-    def client() -> None:
-        with httpx.Client(timeout=120) as http:
-            while True:
-                with lock:
-                    index = next(next_index, None)
-                if index is None:
-                    return
-                sent = time.perf_counter()
-                answer = http.post(url + "/v1/classify", json={"model": "rt", "text": texts[index]})
-                latencies.append(time.perf_counter() - sent)
-                labels[index] = answer.json()["data"][0]["label"]
+    async def clients() -> None:
+        """CLIENTS concurrent clients, each sending one text at a time until none is left
+        (asyncio: 32 client threads in this process would take CPU from the server)."""
+        import asyncio
+
+        queue = iter(range(len(texts)))
+        limits = httpx.Limits(max_connections=CLIENTS)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+
+            async def client() -> None:
+                for index in queue:
+                    sent = time.perf_counter()
+                    answer = await http.post(url + "/v1/classify", json={"model": "rt", "text": texts[index]})
+                    latencies.append(time.perf_counter() - sent)
+                    labels[index] = answer.json()["data"][0]["label"]
+
+            await asyncio.gather(*(client() for _ in range(CLIENTS)))
+
+    import asyncio
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    asyncio.run(clients())
     served_rate = len(texts) / (time.perf_counter() - start)
     latencies.sort()
     return row(

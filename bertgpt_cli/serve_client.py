@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 from .console import info
@@ -61,6 +59,9 @@ def request_options(config) -> dict[str, Any]:
 
 def call(url: str, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT_S) -> dict:
     """One JSON request; the server's one-line error message as a UsageError."""
+    import urllib.error  # here, not at the top: every command imports this module
+    import urllib.request
+
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET")
     request.add_header("Content-Type", "application/json")
@@ -74,7 +75,7 @@ def call(url: str, path: str, body: dict | None = None, timeout: float = REQUEST
         raise UsageError(f"bgcli server at {url}: {_error_message(exc)}") from None
 
 
-def _error_message(exc: urllib.error.HTTPError) -> str:
+def _error_message(exc) -> str:
     try:
         return json.loads(exc.read())["error"]["message"]
     except (ValueError, KeyError, TypeError):
@@ -83,6 +84,8 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
 
 def server_models(url: str) -> list[str] | None:
     """The model names a server offers, or None when nothing answers at `url`."""
+    import urllib.error
+
     try:
         return list(call(url, "/health", timeout=CONNECT_TIMEOUT_S).get("models", {}))
     except (urllib.error.URLError, OSError, ValueError):

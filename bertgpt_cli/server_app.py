@@ -71,6 +71,14 @@ class Server:
         self.request_timeout_s = request_timeout_s
         self.quiet = quiet
         self.batchers: dict[tuple, Batcher] = {}
+        self.configs: dict[tuple, Any] = {}  # (model, command, options) -> the command's config
+
+    def config(self, module, served: ServedModel, options: dict):
+        """The command's config for these options, built and checked once per distinct request."""
+        key = (served.name, module.NAME, options_key(options))
+        if key not in self.configs:
+            self.configs[key] = command_config(module, served, options)
+        return self.configs[key]
 
     def model(self, name: Any) -> ServedModel:
         if not isinstance(name, str) or not name:
@@ -80,6 +88,8 @@ class Server:
         return self.models[name]
 
     async def loaded(self, served: ServedModel, key: str, make):
+        if key in served.loaded:  # warm: no trip through the worker thread (busy with a batch)
+            return served.loaded[key]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(served.worker, served.load, key, make)
 
@@ -136,23 +146,7 @@ def texts_of(body: dict, *keys: str) -> list:
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="bgcli serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-
-    @app.middleware("http")
-    async def guard_and_log(request: Request, call_next):
-        started = time.perf_counter()
-        request.state.model, request.state.batch = None, None
-        response = _refusal(server, request)
-        if response is None:
-            response = await call_next(request)
-        if not server.quiet:
-            latency = (time.perf_counter() - started) * 1000
-            print(
-                f"{request.method} {request.url.path} {response.status_code} {latency:.0f}ms "
-                f"model={request.state.model or '-'} batch={request.state.batch or '-'}",
-                file=sys.stderr,
-                flush=True,
-            )
-        return response
+    app.add_middleware(GuardAndLog, server=server)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -205,6 +199,42 @@ def create_app(server: Server) -> FastAPI:
     return app
 
 
+class GuardAndLog:
+    """A plain ASGI middleware (FastAPI's @app.middleware adds a task and a copy per request):
+    refuses a missing API key or an oversized body before the body is read, and writes one
+    access line per request."""
+
+    def __init__(self, app, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        request = Request(scope)
+        status = {"code": 500}
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        refusal = _refusal(self.server, request)
+        if refusal is not None:
+            await refusal(scope, receive, send_and_note)
+        else:
+            await self.app(scope, receive, send_and_note)
+        if not self.server.quiet:
+            state = scope.get("state") or {}
+            latency = (time.perf_counter() - started) * 1000
+            print(
+                f"{scope['method']} {scope['path']} {status['code']} {latency:.0f}ms "
+                f"model={state.get('model') or '-'} batch={state.get('batch') or '-'}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def _refusal(server: Server, request: Request) -> JSONResponse | None:
     """Checks before the body is read: the API key and the declared body size."""
     if server.api_key and request.url.path != "/health":
@@ -228,7 +258,7 @@ def _task_endpoint(server: Server, command: str):
         request.state.model = served.name
         items = texts_of(body, "text", "input")
         module = task_module(command)
-        config = command_config(module, served, body)
+        config = server.config(module, served, body)
         loaded = await server.loaded(served, command, lambda: module.load(config))
         records = input_records(items, config.text_field)
         key = (served.name, command, options_key(body))
@@ -323,7 +353,7 @@ async def generation_endpoint(server: Server, request: Request, chat: bool):
     served = server.model(body.get("model"))
     request.state.model = served.name
     options = generation_options(body)
-    config = command_config(generate, served, options)
+    config = server.config(generate, served, options)
     loaded = await server.loaded(served, "generate", lambda: generate.load(config))
     tokenizer = loaded[1]
     if chat:

@@ -193,3 +193,29 @@ def test_usage_errors(cli, args, message):
 def test_a_bare_encoder_has_no_task_to_evaluate(cli, bare_encoder_dir, data):
     result = cli(["eval", "-m", str(bare_encoder_dir), "--data", str(data["test"])])
     assert result.code == 2 and "pass --task" in result.stderr
+
+
+def test_multi_label_is_scored_against_the_pipelines_label_sets(cli, tiny_multilabel_dir, tmp_path):
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+    from transformers import pipeline
+
+    rows = [
+        ("the movie was great", ["comedy"]),
+        ("a terrible film with a boring plot", ["drama"]),
+        ("what a fun and charming comedy", ["comedy", "action"]),
+        ("paris", []),
+    ]
+    data = tmp_path / "movies.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": labels}) + "\n" for t, labels in rows))
+    result = cli(["eval", "-m", str(tiny_multilabel_dir), "--data", str(data)])
+    assert result.code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["task"] == "classification"
+    scores = pipeline("text-classification", model=str(tiny_multilabel_dir), top_k=None)([t for t, _ in rows])
+    predicted = [[s["label"] for s in row if s["score"] >= 0.5] for row in scores]
+    names = ["action", "comedy", "drama"]
+    binarizer = MultiLabelBinarizer(classes=names)
+    truth, guess = binarizer.fit_transform([labels for _, labels in rows]), binarizer.transform(predicted)
+    assert record["f1_micro"] == pytest.approx(f1_score(truth, guess, average="micro", zero_division=0))
+    assert record["f1_macro"] == pytest.approx(f1_score(truth, guess, average="macro", zero_division=0))

@@ -12,6 +12,9 @@ from ..errors import UsageError
 from ..qa_decoding import answer_positions, best_answers, make_windows
 from .base import Task, longest_first
 
+# Questions windowed at once in finalize: bounds the tokenizer's Python lists (~140 MB per chunk).
+CHUNK_QUESTIONS = 2000
+
 
 @dataclass
 class QaLayout:
@@ -83,27 +86,48 @@ class QaTask(Task):
         return dataset.select_columns(["id", "question", "context", "answers"])
 
     def finalize(self, dataset, split: str):
-        c = self.config
-        rows = dataset.to_dict()
-        windows = make_windows(self.tokenizer, rows["question"], rows["context"], c.max_length, c.doc_stride)
-        cls_index = [_cls_index(ids, self.tokenizer) for ids in windows.encoded["input_ids"]]
-        starts, ends = answer_positions(windows, cls_index, rows["answers"])
+        """Windows with their training targets, built CHUNK_QUESTIONS questions at a time: the
+        tokenizer's Python lists for all of SQuAD (token ids, offset pairs) took ~7 GB at once;
+        each chunk goes into Arrow and its lists are freed. Eval splits also keep a layout
+        (which question each window belongs to, context offsets) and are sorted longest first."""
         import datasets
 
+        rows = dataset.to_dict()
+        parts, owner, context_offsets, lengths = [], [], [], []
+        for first in range(0, len(rows["question"]), CHUNK_QUESTIONS):
+            part, windows = self._window_chunk(rows, first)
+            parts.append(part)
+            lengths += [len(ids) for ids in part["input_ids"]]
+            if split != "train":
+                owner += [first + o for o in windows.owner]
+                context_offsets += windows.context_offsets
+        windowed = datasets.concatenate_datasets(parts)
+        if split == "train":
+            return windowed  # as tokenized; the Trainer groups by length itself
+        order = longest_first(lengths)
+        self.layouts[split] = QaLayout(
+            ids=[str(i) for i in rows["id"]],  # the squad metric keys answers by string id
+            contexts=rows["context"],
+            questions=rows["question"],
+            answers=rows["answers"],
+            owner=[owner[i] for i in order],
+            context_offsets=[context_offsets[i] for i in order],
+        )
+        return windowed.select(order).flatten_indices()
+
+    def _window_chunk(self, rows: dict[str, list], first: int):
+        import datasets
+
+        c = self.config
+        chunk = slice(first, first + CHUNK_QUESTIONS)
+        windows = make_windows(
+            self.tokenizer, rows["question"][chunk], rows["context"][chunk], c.max_length, c.doc_stride
+        )
+        cls_index = [_cls_index(ids, self.tokenizer) for ids in windows.encoded["input_ids"]]
+        starts, ends = answer_positions(windows, cls_index, rows["answers"][chunk])
         columns = {k: list(v) for k, v in windows.encoded.items()}
         columns |= {"start_positions": starts, "end_positions": ends}
-        order = list(range(len(starts)))  # train: as tokenized
-        if split != "train":
-            order = longest_first([len(ids) for ids in columns["input_ids"]])
-            self.layouts[split] = QaLayout(
-                ids=[str(i) for i in rows["id"]],  # the squad metric keys answers by string id
-                contexts=rows["context"],
-                questions=rows["question"],
-                answers=rows["answers"],
-                owner=[windows.owner[i] for i in order],
-                context_offsets=[windows.context_offsets[i] for i in order],
-            )
-        return datasets.Dataset.from_dict({k: [v[i] for i in order] for k, v in columns.items()})
+        return datasets.Dataset.from_dict(columns), windows
 
     def model(self, resolved):
         from transformers import AutoModelForQuestionAnswering
