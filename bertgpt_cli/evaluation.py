@@ -191,7 +191,7 @@ def trainer_evaluation(config, finetune_config, model, tokenizer, model_spec: st
     metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not _is_speed(k)}
     report = task.test_report(prediction)
     correct = None
-    if task.name == "classification":
+    if task.name == "classification" and np.ndim(prediction.label_ids) == 1:  # single-label
         correct = (np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).tolist()
     task_labels = getattr(task, "labels", None)  # a LabelSet (classification), a list (ner), none
     labels = list(getattr(task_labels, "names", None) or task_labels or [])

@@ -184,7 +184,7 @@ def _read_lines(
     input_format: str,
     text_field: str,
     is_jsonl_name: bool,
-    pair_field: str,
+    pair_field: str = "text_pair",
 ) -> Iterator[InputRecord]:
     """Decode lines one at a time so endless stdin runs in bounded memory."""
     lines = _decoded_lines(stream, raw_lines)

@@ -67,7 +67,7 @@ class MultiLabelClassificationTask(ClassificationTask):
         mapping = self.labels.value_to_id
         multi_hot = []
         for row in rows:  # float targets: BCEWithLogits wants them so
-            target = [0.0] * len(mapping)
+            target = [0.0] * len(self.labels.names)  # the mapping may also know ids as text
             for label in row:
                 target[mapping[label]] = 1.0
             multi_hot.append(target)
