@@ -219,3 +219,42 @@ def test_multi_label_is_scored_against_the_pipelines_label_sets(cli, tiny_multil
     truth, guess = binarizer.fit_transform([labels for _, labels in rows]), binarizer.transform(predicted)
     assert record["f1_micro"] == pytest.approx(f1_score(truth, guess, average="micro", zero_division=0))
     assert record["f1_macro"] == pytest.approx(f1_score(truth, guess, average="macro", zero_division=0))
+
+
+def test_qa_equals_bgcli_qa_answers_scored_by_the_squad_metric(cli, tiny_qa_dir, tmp_path):
+    from bertgpt_cli.metrics import load_metric
+
+    context = "paris is the capital of france and london of england"
+    questions = [("what is the capital of france", "paris"), ("and of england", "london")]
+    rows = [
+        {
+            "id": str(i),
+            "question": q,
+            "context": context,
+            "answers": {"text": [a], "answer_start": [context.index(a)]},
+        }
+        for i, (q, a) in enumerate(questions)
+    ]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli(
+        ["eval", "-m", str(tiny_qa_dir), "--data", str(data), "--max-length", "64", "--doc-stride", "16"]
+    )
+    assert result.code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["task"] == "qa"
+    asked = "".join(
+        json.dumps({"id": r["id"], "question": r["question"], "context": context}) + "\n" for r in rows
+    )
+    answers = [
+        json.loads(line)["answer"]
+        for line in cli(
+            ["qa", "-m", str(tiny_qa_dir), "--max-length", "64", "--doc-stride", "16"], input=asked
+        ).stdout.splitlines()
+    ]
+    expected = load_metric("squad").compute(
+        predictions=[{"id": r["id"], "prediction_text": a} for r, a in zip(rows, answers, strict=True)],
+        references=[{"id": r["id"], "answers": r["answers"]} for r in rows],
+    )
+    assert record["exact_match"] == pytest.approx(expected["exact_match"])
+    assert record["f1"] == pytest.approx(expected["f1"])
