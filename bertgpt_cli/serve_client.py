@@ -18,25 +18,29 @@ API_KEY_ENV = "BGCLI_API_KEY"
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 600.0
 
-# Flags that say how to read input, load a model or write output: never sent as request options.
-LOCAL_FIELDS = {
-    "texts",
-    "input",
-    "input_format",
-    "text_field",
-    "format",
-    "quiet",
-    "debug",
-    "model",
-    "offline",
-    "revision",
-    "trust_remote_code",
-    "batch_size",
-    "device",
-    "precision",
-    "server",
-    "server_fallback",
-}
+# Flags that say how to read input, load a model or write output: never request options.
+# The server refuses the same ones (serving.command_config); it reads records by --text-field
+# itself, while a client sends each record's text under "text", so it never sends that one.
+SERVER_SIDE_FIELDS = frozenset(
+    {
+        "texts",
+        "input",
+        "input_format",
+        "format",
+        "quiet",
+        "debug",
+        "model",
+        "offline",
+        "revision",
+        "trust_remote_code",
+        "batch_size",
+        "device",
+        "precision",
+        "server",
+        "server_fallback",
+    }
+)
+LOCAL_FIELDS = SERVER_SIDE_FIELDS | {"text_field"}
 
 
 def server_url(config) -> str | None:

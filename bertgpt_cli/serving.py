@@ -20,24 +20,7 @@ from typing import Any
 from .errors import UsageError
 from .options import coerce_recipe_value, config_fields, validate_config
 from .records import InputRecord, RecordError, error_output
-
-LOCAL_ONLY = {
-    "texts",
-    "input",
-    "input_format",
-    "format",
-    "quiet",
-    "debug",
-    "model",
-    "offline",
-    "revision",
-    "trust_remote_code",
-    "batch_size",
-    "device",
-    "precision",
-    "server",
-    "server_fallback",
-}
+from .serve_client import SERVER_SIDE_FIELDS
 
 
 class Overloaded(Exception):
@@ -108,7 +91,7 @@ class ServedModel:
 def command_config(module, served: ServedModel, options: dict[str, Any]):
     """The command's typed config: the server's settings plus the request's options, each
     checked as a flag is (type, choices, bounds); unknown options are one line naming them."""
-    fields = {f.name: f for f in config_fields(module.CONFIG) if f.name not in LOCAL_ONLY}
+    fields = {f.name: f for f in config_fields(module.CONFIG) if f.name not in SERVER_SIDE_FIELDS}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UsageError(
