@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bertgpt_cli.flops import matmul_peak_gflops
+
 from .assets import bench_dir
 from .runner import Result
 
@@ -96,20 +98,6 @@ def eval_loss(task_name: str, model_dir: Path, held_out: Path, block: int) -> fl
             _, stats, _ = task.prediction_step(model, batch)
             totals += stats[:, :2].sum(dim=0)
     return round((totals[0] / totals[1]).item(), 4)
-
-
-def matmul_peak_gflops(dtype_name: str = "bfloat16", size: int = 2048, repeats: int = 10) -> float:
-    import time
-
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def flops_per_token(task: str, model_dir: Path) -> float:

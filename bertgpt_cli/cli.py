@@ -28,11 +28,13 @@ from .commands import finetune as finetune_command
 from .commands import generate as generate_command
 from .commands import models as models_command
 from .commands import ner as ner_command
+from .commands import pretrain as pretrain_command
 from .commands import qa as qa_command
 from .commands import recipes as recipes_command
 from .commands import search as search_command
 from .commands import serve as serve_command
 from .commands import tokenize as tokenize_command
+from .commands import tokenizer as tokenizer_command
 from .console import VERBOSITY, error
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
 from .options import PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
@@ -75,6 +77,7 @@ def _register(module) -> None:
 # Order = the order of `bgcli --help` and docs/reference.md.
 COMMAND_MODULES = (
     finetune_command,
+    pretrain_command,
     fill_mask_command,
     generate_command,
     classify_command,
@@ -93,6 +96,7 @@ for _module in COMMAND_MODULES:
     _register(_module)
 app.add_typer(recipes_command.APP, name=recipes_command.NAME)
 app.add_typer(data_command.APP, name=data_command.NAME)
+app.add_typer(tokenizer_command.APP, name=tokenizer_command.NAME)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,8 +76,12 @@ def parse_data_spec(spec: str) -> DataSpec:
     return DataSpec("file", spec)
 
 
-def load_data(spec: str, data_format: str | None = None, tag_column: int | None = None):
-    """Load a data spec as one `datasets.Dataset` split (`tag_column`: CoNLL files only)."""
+def load_data(
+    spec: str, data_format: str | None = None, tag_column: int | None = None, paragraphs: bool = False
+):
+    """Load a data spec as one `datasets.Dataset` split (`tag_column`: CoNLL files only;
+    `paragraphs`: a plain-text file gives one record per blank-line separated paragraph
+    instead of one per line)."""
     parsed = parse_data_spec(spec)
     if parsed.kind == "builtin" and parsed.name == "conll2003":
         return load_conll2003(parsed.split)
@@ -88,7 +92,7 @@ def load_data(spec: str, data_format: str | None = None, tag_column: int | None 
     if parsed.kind == "hub":
         return _load_hub_dataset(parsed)
     path = _stdin_to_file(data_format) if parsed.kind == "stdin" else Path(parsed.name)
-    return _load_file(path, data_format, spec, tag_column)
+    return _load_file(path, data_format, spec, tag_column, paragraphs)
 
 
 def detect_file_format(path: Path, data_format: str | None, spec: str) -> str:
@@ -105,7 +109,9 @@ def detect_file_format(path: Path, data_format: str | None, spec: str) -> str:
     )
 
 
-def _load_file(path: Path, data_format: str | None, spec: str, tag_column: int | None = None):
+def _load_file(
+    path: Path, data_format: str | None, spec: str, tag_column: int | None = None, paragraphs: bool = False
+):
     if not path.is_file():
         raise UsageError(f"data file '{spec}' not found; check the path (or use - for stdin)")
     fmt = detect_file_format(path, data_format, spec)
@@ -116,6 +122,8 @@ def _load_file(path: Path, data_format: str | None, spec: str, tag_column: int |
     if fmt == "json" and looks_like_squad(path):
         return load_squad_file(path, spec)
     builder, kwargs = _builder_for(fmt)
+    if fmt == "text" and paragraphs:
+        kwargs["sample_by"] = "paragraph"
     import datasets
 
     try:

@@ -18,13 +18,16 @@ from .hub import go_offline, hub_reachable, offline_from_env
 from .run_dirs import last_complete_checkpoint, unfinished_run_message
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
+# Written by `bgcli pretrain` beside a config.json and tokenizer: the model starts from random
+# weights drawn by from_config (seeded), not from a checkpoint.
+FROM_SCRATCH_MARKER = "bgcli_from_scratch.json"
 
 
 @dataclass
 class ResolvedModel:
     spec: str  # what the user typed
     location: str  # what from_pretrained gets: a local dir or a Hub id
-    source: str  # "local" | "alias" | "hub"
+    source: str  # "local" | "alias" | "hub" | "scratch" (config + tokenizer, weights drawn at random)
     local_files_only: bool = False
     revision: str | None = None
     trust_remote_code: bool = False
@@ -60,7 +63,8 @@ def resolve_model(
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UsageError(not_a_model_dir_message(spec, path))
-        return ResolvedModel(spec, str(path), "local", True, None, trust_remote_code)
+        source = "scratch" if (path / FROM_SCRATCH_MARKER).is_file() else "local"
+        return ResolvedModel(spec, str(path), source, True, None, trust_remote_code)
     if spec in BUILTIN_MODELS:
         model_dir = BUILTIN_MODELS[spec].model_dir()
         return ResolvedModel(spec, str(model_dir), "alias", True, None, trust_remote_code)
@@ -209,6 +213,8 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
             f"model '{resolved.spec}' ({config.model_type}) cannot do {task}; "
             f"pick a model with a {task} head (see `bgcli models`)"
         )
+    if resolved.source == "scratch":
+        return from_scratch(auto_class, config, kwargs.get("output_loading_info", False))
     try:
         return auto_class.from_pretrained(
             resolved.location,
@@ -229,6 +235,14 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
         raise BgcliError(
             f"'{weights}' is truncated or corrupt ({first_line(exc)}); re-save or re-download the model"
         ) from exc
+
+
+def from_scratch(auto_class: Any, config: Any, output_loading_info: bool):
+    """A model with freshly initialised weights (torch's RNG: seeded by the caller)."""
+    model = auto_class.from_config(config)
+    if output_loading_info:  # nothing was loaded, so nothing is missing from a checkpoint
+        return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
+    return model
 
 
 def missing_safetensors_message(resolved: ResolvedModel) -> str:

@@ -64,9 +64,23 @@ def read_recipe(path: Path) -> dict[str, Any]:
     return data
 
 
+def recipe_command(data: dict[str, Any]) -> str:
+    """The command a recipe is for: `bgcli pretrain` recipes name an architecture."""
+    return "pretrain" if "arch" in data else "finetune"
+
+
 def validate_keys(data: dict[str, Any], config_cls: type, source: str) -> None:
-    """Reject misspelt keys, naming the closest valid one."""
+    """Reject misspelt keys, naming the closest valid one, and another command's recipe."""
     valid = [f.name for f in config_fields(config_cls) if f.name not in NON_RECIPE_KEYS]
+    command = recipe_command(data)
+    if (
+        command == "pretrain"
+        and "arch" not in valid
+        or command == "finetune"
+        and "task" not in valid
+        and ("task" in data or "model" in data)
+    ):
+        raise UsageError(f"{source} is a `bgcli {command}` recipe; run: bgcli {command} --recipe {source}")
     for key in data:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)

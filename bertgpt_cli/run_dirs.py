@@ -15,8 +15,12 @@ RUN_CONFIG = "bgcli_config.yaml"
 
 
 def resume_command(run_dir: Path) -> str:
-    """The command that resumes the unfinished run in `run_dir`."""
-    return f"bgcli finetune --recipe {run_dir / RUN_CONFIG} --output {run_dir} --resume auto"
+    """The command that resumes the unfinished run in `run_dir` (a `bgcli pretrain` run records
+    its architecture: `arch:` in its config)."""
+    config = run_dir / RUN_CONFIG
+    pretrain = config.is_file() and any(line.startswith("arch:") for line in config.read_text().splitlines())
+    command = "pretrain" if pretrain else "finetune"
+    return f"bgcli {command} --recipe {config} --output {run_dir} --resume auto"
 
 
 def last_complete_checkpoint(run_dir: Path) -> str | None:
@@ -41,7 +45,7 @@ def unfinished_run_message(spec: str, run_dir: Path) -> str | None:
     if checkpoint:
         ways.append(f"use its latest checkpoint (-m {checkpoint})")
     ways.append(f"resume it: {resume_command(run_dir)}")
-    return f"'{spec}' is an unfinished `bgcli finetune` run (no final model yet); {' or '.join(ways)}"
+    return f"'{spec}' is an unfinished bgcli training run (no final model yet); {' or '.join(ways)}"
 
 
 # A run dir is bgcli's when it holds the resolved config (written first by every run) or the

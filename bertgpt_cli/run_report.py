@@ -102,7 +102,7 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
         "library_name: transformers",
         f"pipeline_tag: {task.pipeline_tag}",
         "---",
-        f"# {config.task} fine-tune of `{config.model}` (bgcli)",
+        f"# {title(config, run)} (bgcli)",
         "",
         f"- train data: `{config.train_data}`; eval: `{eval_source}`; test: `{config.test_data or 'none'}`",
         *[f"- {note}" for note in task.card_notes()],
@@ -117,12 +117,23 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
         "",
         *task.report_lines(metrics),
         *sample_lines(metrics),
-        "Reproduce: `bgcli finetune --recipe bgcli_config.yaml --output NEW_DIR`. "
+        f"Reproduce: `bgcli {run_command(run)} --recipe bgcli_config.yaml --output NEW_DIR`. "
         f"Use: `bgcli {COMMANDS[task.pipeline_tag]} -m THIS_DIR` or "
         f'`pipeline("{task.pipeline_tag}", model=THIS_DIR)`.',
         "",
     ]
     return "\n".join(lines)
+
+
+def title(config, run: dict[str, Any]) -> str:
+    scratch = run.get("from_scratch")
+    if scratch:
+        return f"pre-training from scratch: {scratch['summary']}"
+    return f"{config.task} fine-tune of `{config.model}`"
+
+
+def run_command(run: dict[str, Any]) -> str:
+    return "pretrain" if run.get("from_scratch") else "finetune"
 
 
 def sample_lines(metrics: dict[str, Any]) -> list[str]:

@@ -19,7 +19,9 @@ from .run_dirs import FINAL_TEMP, RUN_CONFIG, last_complete_checkpoint, remove_f
 from .tasks import task_class
 
 
-def train(config, run_dir: Path) -> dict[str, Any]:
+def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
+    """Train as `config` says; `saved_config` is what bgcli_config.yaml records (default: config;
+    `bgcli pretrain` records its own settings, which rebuild the same run)."""
     from transformers import set_seed
 
     started = time.time()
@@ -39,7 +41,7 @@ def train(config, run_dir: Path) -> dict[str, Any]:
     trainer = build_trainer(config, task, model, tokenizer, args, train_set, eval_set)
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
-        write_config(config, run_dir)  # first: an interrupted run can be resumed from it
+        write_config(saved_config or config, run_dir)  # first: an interrupted run can be resumed from it
     before = evaluate_before(config, trainer, task, eval_set, checkpoint)
     info(f"training on {len(train_set)} examples, evaluating on {len(eval_set) if eval_set else 0}")
     loss_so_far = saved_train_loss(checkpoint)  # read now: checkpoint rotation may delete it
@@ -50,7 +52,9 @@ def train(config, run_dir: Path) -> dict[str, Any]:
         raise
     if checkpoint:
         result.metrics["train_loss"] = whole_run_train_loss(result, loss_so_far, trainer.state.global_step)
+    result.metrics["train_tokens_per_second"] = session_tokens_per_second(trainer, result, checkpoint)
     metrics = collect_metrics(config, trainer, result, eval_set, test_set, task, started)
+    metrics["run"]["from_scratch"] = from_scratch_description(resolved)
     metrics.update(before)
     if trainer.is_world_process_zero():
         metrics["samples_after"] = task.samples(trainer.model)
@@ -110,6 +114,28 @@ def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, An
     return before
 
 
+def from_scratch_description(resolved) -> dict[str, Any] | None:
+    """What `bgcli pretrain` initialised at random (its marker file), or None for a checkpoint."""
+    from .model_resolution import FROM_SCRATCH_MARKER
+
+    if resolved.source != "scratch":
+        return None
+    return json.loads((Path(resolved.location) / FROM_SCRATCH_MARKER).read_text())
+
+
+def session_tokens_per_second(trainer, result, checkpoint: str | None) -> float | None:
+    """Real (non-padding) input tokens per second of this session: the Trainer counts tokens
+    over the whole run (resumes included) but times this session only."""
+    runtime = result.metrics.get("train_runtime")
+    if not runtime:
+        return None
+    before = 0
+    if checkpoint:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        before = state.get("num_input_tokens_seen", 0) or 0
+    return (trainer.state.num_input_tokens_seen - before) / runtime
+
+
 TRAIN_LOSS_FILE = "bgcli_train_loss.json"
 
 
@@ -162,17 +188,20 @@ def save_interrupted(trainer, run_dir: Path) -> None:
 def write_config(config, run_dir: Path) -> None:
     import yaml
 
-    values = {"task": config.task, **recipe_values(config), "output": str(run_dir)}
+    values = {**recipe_values(config), "output": str(run_dir)}
     write_text_atomically(run_dir / RUN_CONFIG, yaml.safe_dump(values, sort_keys=False))
 
 
 def load_splits(config, task):
-    train = load_data(config.train_data, config.data_format, config.tag_column)
+    def load(spec: str):
+        return load_data(spec, config.data_format, config.tag_column, task.documents_per_paragraph)
+
+    train = load(config.train_data)
     others = {}
     if config.eval_data:
-        others["eval"] = load_data(config.eval_data, config.data_format, config.tag_column)
+        others["eval"] = load(config.eval_data)
     if config.test_data:
-        others["test"] = load_data(config.test_data, config.data_format, config.tag_column)
+        others["test"] = load(config.test_data)
     warn_shared_rows(config, train, others)
     train, others = task.prepare(train, others)
     eval_set = others.get("eval")
@@ -257,6 +286,7 @@ def training_arguments(config, task, run_dir: Path):
         disable_tqdm=True,
         train_sampling_strategy="group_by_length",
         average_tokens_across_devices=False,
+        include_num_input_tokens_seen="non_padding",  # real tokens/s, for the MFU in the report
         # One fused kernel instead of a dozen foreach passes over every parameter: AdamW was a
         # third of a minilm classification step on 2 CPU cores; fused is ~5-8% faster per step.
         optim="adamw_torch_fused",
@@ -413,6 +443,11 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
         "task": task.name,
         **task.run_info(),
     }
+    if trainer.is_world_process_zero():
+        from .flops import training_mfu
+
+        tokens_per_second = result.metrics.get("train_tokens_per_second")
+        metrics["run"].update(training_mfu(trainer.model, task.projected_share, tokens_per_second, args))
     return metrics
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from bertgpt_cli.cli import COMMAND_MODULES  # noqa: E402
 from bertgpt_cli.commands import data as data_command  # noqa: E402
+from bertgpt_cli.commands import tokenizer as tokenizer_command  # noqa: E402
 from bertgpt_cli.commands import recipes as recipes_command  # noqa: E402
 from bertgpt_cli.options import base_type, config_fields, describe_bounds, flag_name  # noqa: E402
 from bertgpt_cli.recipes import NON_RECIPE_KEYS  # noqa: E402
@@ -112,18 +113,20 @@ def render() -> str:
         "# Command reference",
         "",
         f"Generated from the commands' typed configs by `{REGENERATE}`; do not edit by hand.",
-        "Every flag of `bgcli finetune` is also a recipe key (long name, `-` → `_`).",
+        "Every flag of `bgcli finetune` and `bgcli pretrain` is also a recipe key (long name, `-` → `_`).",
         "Numbers are checked against the bounds shown before anything is loaded (exit 2).",
         "",
     ]
     lines += [f"- [bgcli {m.NAME}](#bgcli-{m.NAME})" for m in COMMAND_MODULES] + [
         f"- [bgcli {recipes_command.NAME}](#bgcli-{recipes_command.NAME})",
         "- [bgcli data check](#bgcli-data-check)",
+        "- [bgcli tokenizer train](#bgcli-tokenizer-train)",
         "",
     ]
     for module in COMMAND_MODULES:
         lines += command_section(module)
     lines += command_section(data_command, "data check")
+    lines += command_section(tokenizer_command, "tokenizer train")
     lines += recipes_section()
     return "\n".join(lines).rstrip() + "\n"
 

@@ -24,7 +24,7 @@ HELP_ARGS = (
     + [[c, "--help"] for c in COMMANDS]
     + [[g, "--help"] for g in GROUPS]
     + [["recipes", sub, "--help"] for sub in ("list", "show", "cp")]
-    + [["data", "check", "--help"]]
+    + [["data", "check", "--help"], ["tokenizer", "train", "--help"]]
 )
 
 
@@ -57,9 +57,10 @@ def test_every_command_is_registered():
         "eval",
         "serve",
         "export",
+        "pretrain",
     }
     assert expected <= set(COMMANDS)
-    assert GROUPS == ["data", "recipes"]
+    assert GROUPS == ["data", "recipes", "tokenizer"]
 
 
 @pytest.mark.parametrize("args", HELP_ARGS)

@@ -82,6 +82,10 @@ bgcli() {
     args+=(--max-steps 2 --batch-size 4 --max-train-samples 24 --max-eval-samples 8)
     case " $* " in *" --task clm "*|*" --task mlm "*) args+=(--block-size 16) ;; esac
   fi
+  if [ "$1" = pretrain ]; then  # the smallest size, a few steps
+    args+=(--size tiny --max-steps 2 --batch-size 4 --max-train-samples 24 --max-eval-samples 8)
+    args+=(--block-size 32)
+  fi
   "$BGCLI_PYTHON" -m bertgpt_cli "${args[@]}"
 }
 """
@@ -223,6 +227,8 @@ def test_reference_lists_every_flag():
         "models",
         "tokenize",
         "recipes",
+        "pretrain",
+        "tokenizer",
     ],
 )
 def test_help_ends_with_examples_and_shows_no_type_tags(cli, command):

@@ -276,13 +276,18 @@ def test_flags_override_the_recipe(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(PACKAGE_RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_is_valid(path):
+    from bertgpt_cli.commands.pretrain import PretrainConfig
+    from bertgpt_cli.recipes import recipe_command
+
     data = read_recipe(path)
-    validate_keys(data, FinetuneConfig, str(path))
-    config = FinetuneConfig(**data)
+    command = recipe_command(data)
+    config_cls = PretrainConfig if command == "pretrain" else FinetuneConfig
+    validate_keys(data, config_cls, str(path))
+    config = config_cls(**data)
     assert config.train_data
     lines = path.read_text().splitlines()
     header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
-    assert any("bgcli finetune --recipe" in line for line in header)
+    assert any(f"bgcli {command} --recipe" in line for line in header)
     assert any(line.startswith("# Measured:") for line in header)
     assert find_recipe(path.stem) == path
 
@@ -320,7 +325,7 @@ def kill_after_first_checkpoint_and_resume(tmp_path: Path, common: list[str], fi
     resumed = subprocess.run(
         BGCLI
         + [
-            "finetune",
+            common[0],  # finetune or pretrain
             "--recipe",
             str(killed_dir / "bgcli_config.yaml"),
             "--output",

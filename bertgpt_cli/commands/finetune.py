@@ -236,14 +236,24 @@ CONFIG = FinetuneConfig
 
 
 def run(config: FinetuneConfig) -> None:
+    validate(config)
+    run_training(config)
+
+
+def run_training(config: FinetuneConfig, setup=None, saved_config=None) -> None:
+    """The run: pick and lock the run dir, relaunch in N processes if asked, train, summarise.
+    `setup(run_dir, build)` prepares what the run starts from inside the locked run dir
+    (`bgcli pretrain`: the model to initialise); `build` is False for the workers of a
+    relaunched run, which reuse what their launcher prepared."""
     from ..launching import is_distributed_worker, is_main_process, relaunch
 
-    validate(config)
     if is_distributed_worker() and not is_main_process():
         set_verbosity(quiet=True, debug=config.debug)  # only rank 0 prints and writes
     if config.num_processes > 1 and not is_distributed_worker():
         run_dir = prepare_run_dir(config)  # decided once, here: workers must agree on it
         with created_for_this_run(run_dir), run_dir_lock(run_dir):
+            if setup:
+                setup(run_dir, True)
             held = {LOCK_HELD_ENV: str(run_dir.resolve())}  # the workers run under this lock
             code = relaunch(config.num_processes, ["--output", str(run_dir)], env=held)
             if code:
@@ -253,7 +263,9 @@ def run(config: FinetuneConfig) -> None:
     from ..training import train
 
     with created_for_this_run(run_dir), lock_unless_helper_rank(run_dir), disk_full_is_one_line(run_dir):
-        metrics = train(config, run_dir)
+        if setup:
+            setup(run_dir, not is_distributed_worker())
+        metrics = train(config, run_dir, saved_config)
     if is_main_process():
         write_summary(config, run_dir, metrics)
 

@@ -11,7 +11,7 @@ import typer
 from ..errors import UsageError
 from ..options import OutputOptions, PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
 from ..output import RecordWriter
-from ..recipes import find_recipe, read_recipe, recipe_dirs, recipe_names
+from ..recipes import find_recipe, read_recipe, recipe_command, recipe_dirs, recipe_names
 
 NAME = "recipes"
 HELP = "List, show and copy the ready-made fine-tuning recipes."
@@ -42,10 +42,15 @@ def header_field(path: Path, field: str) -> str:
 def recipe_record(name: str) -> dict:
     path = find_recipe(name)
     data = read_recipe(path)
+    pretrain = recipe_command(data) == "pretrain"
     return {
         "name": name,
-        "task": data.get("task", "classification"),
-        "model": data.get("model", ""),
+        "task": f"pretrain {data.get('objective', '')}".strip()
+        if pretrain
+        else data.get("task", "classification"),
+        "model": f"{data.get('arch')} {data.get('size', '')} from scratch"
+        if pretrain
+        else data.get("model", ""),
         "data": data.get("train_data", ""),
         "measured": header_field(path, "Measured"),
         "path": str(path),

@@ -8,12 +8,14 @@ from .classification import ClassificationTask, LabelSet
 from .language_modeling import CausalLMTask, MaskedLMTask
 from .multi_label import MultiLabelClassificationTask
 from .ner import NerTask
+from .next_sentence import MaskedLMWithNspTask
 from .qa import QaTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "mlm": MaskedLMTask,
     "clm": CausalLMTask,
+    "mlm+nsp": MaskedLMWithNspTask,
     "ner": NerTask,
     "qa": QaTask,
 }
@@ -32,6 +34,7 @@ __all__ = [
     "ClassificationTask",
     "LabelSet",
     "MaskedLMTask",
+    "MaskedLMWithNspTask",
     "MultiLabelClassificationTask",
     "NerTask",
     "QaTask",

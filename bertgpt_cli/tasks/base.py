@@ -18,6 +18,11 @@ class Task:
     # The Trainer reads eval data in length-grouped order; a task whose metrics map
     # predictions back to records by position needs them in dataset order.
     ordered_eval = False
+    # Share of positions the output vocabulary projection runs on in training (for the MFU).
+    projected_share = 0.0
+    # Plain-text files: one record per blank-line separated paragraph (a document) instead of
+    # one per line.
+    documents_per_paragraph = False
 
     def __init__(self, config, tokenizer):
         self.config = config

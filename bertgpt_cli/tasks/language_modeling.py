@@ -147,11 +147,15 @@ class MaskedLMTask(LanguageModelingTask):
     def default_block_size(self) -> int:
         return self.config.max_length
 
+    @property
+    def projected_share(self) -> float:
+        return self.config.mlm_probability  # MaskedPositionsProjection: masked positions only
+
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
         if tokenizer.mask_token is None:
             raise UsageError(f"the tokenizer of '{config.model}' has no mask token; --task mlm needs one")
-        self.head_created = self.tied = False
+        self.head_created = self.tied = self.from_scratch = False
         self.projection = None
         if config.whole_word_mask:
             import warnings
@@ -184,6 +188,7 @@ class MaskedLMTask(LanguageModelingTask):
             resolved, AutoModelForMaskedLM, "masked-LM training", output_loading_info=True
         )
         self.attach(model)
+        self.from_scratch = resolved.source == "scratch"
         missing = loading.get("missing_keys") or []
         # Keys outside the encoder (e.g. "cls.predictions...") missing from the checkpoint: a new
         # head. A tied decoder weight is the loaded embedding, so it is never among them.
@@ -299,7 +304,10 @@ class MaskedLMTask(LanguageModelingTask):
             if len(positions) == 0:
                 continue
             with torch.inference_mode():
-                logits = model(**ids).logits[0, positions[0, 0]]
+                output = model(**ids)
+            # A pre-training model (BertForPreTraining) names its MLM scores prediction_logits.
+            logits = getattr(output, "logits", None)
+            logits = (logits if logits is not None else output.prediction_logits)[0, positions[0, 0]]
             top = logits.float().softmax(-1).topk(5)
             words = [tokenizer.decode([t]).strip() for t in top.indices.tolist()]
             out.append({"prompt": prompt, "output": ", ".join(words)})
@@ -307,7 +315,9 @@ class MaskedLMTask(LanguageModelingTask):
 
     def run_info(self) -> dict[str, Any]:
         head = "from the checkpoint"
-        if self.head_created:
+        if self.from_scratch:
+            head = "initialised at random with the rest of the model (pre-training from scratch)"
+        elif self.head_created:
             head = "created, decoder tied to the input embeddings" if self.tied else "created"
         return {
             "head": head,
@@ -375,6 +385,7 @@ class CausalLMTask(LanguageModelingTask):
     pipeline_tag = "text-generation"
     card_metrics = ("loss", "perplexity", "next_token_accuracy")
     stat_names = ("loss_sum", "tokens", "next_token_accuracy")
+    projected_share = 1.0
     default_prompts = ("This movie was", "The acting in this film", "I would not recommend")
 
     def __init__(self, config, tokenizer):
