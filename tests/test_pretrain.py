@@ -376,3 +376,18 @@ def test_recipes_name_their_command(cli):
     }
     assert listed["reviews-gpt2-mini-pretrain"]["task"] == "pretrain clm"
     assert listed["reviews-bert-mini-pretrain"]["model"] == "bert mini from scratch"
+
+
+def test_two_process_pretraining_builds_the_start_once(documents_file, tmp_path):
+    """--num-processes 2: the launcher trains the tokenizer and writes init/ before torchrun
+    starts; both ranks start from it."""
+    import subprocess
+
+    from .conftest import BGCLI, ROOT
+
+    args = pretrain_args("bert", documents_file, tmp_path / "two", "--num-processes", "2", "--quiet")
+    done = subprocess.run(BGCLI + args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["run"]["world_size"] == 2 and metrics["run"]["from_scratch"]["arch"] == "bert"
+    assert sorted(p.name for p in (tmp_path / "two").glob("*tmp*")) == []

@@ -147,6 +147,8 @@ def validate(config: PretrainConfig) -> None:
         raise UsageError(
             "--vocab-size sizes a tokenizer trained on the fly; drop it when passing --tokenizer"
         )
+    if config.resume and not config.output:
+        raise UsageError("--resume needs --output: the run dir to resume")
     if config.objective == "mlm+nsp" and not config.packing:
         raise UsageError(
             "--no-packing applies to --objective mlm or clm; mlm+nsp always builds sentence pairs"
