@@ -45,6 +45,7 @@ def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
     before = evaluate_before(config, trainer, task, eval_set, checkpoint)
     info(f"training on {len(train_set)} examples, evaluating on {len(eval_set) if eval_set else 0}")
     loss_so_far = saved_train_loss(checkpoint)  # read now: checkpoint rotation may delete it
+    tokens_so_far = saved_tokens_seen(checkpoint)
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
@@ -52,7 +53,7 @@ def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
         raise
     if checkpoint:
         result.metrics["train_loss"] = whole_run_train_loss(result, loss_so_far, trainer.state.global_step)
-    result.metrics["train_tokens_per_second"] = session_tokens_per_second(trainer, result, checkpoint)
+    result.metrics["train_tokens_per_second"] = session_tokens_per_second(trainer, result, tokens_so_far)
     metrics = collect_metrics(config, trainer, result, eval_set, test_set, task, started)
     metrics["run"]["from_scratch"] = from_scratch_description(resolved)
     metrics.update(before)
@@ -123,17 +124,21 @@ def from_scratch_description(resolved) -> dict[str, Any] | None:
     return json.loads((Path(resolved.location) / FROM_SCRATCH_MARKER).read_text())
 
 
-def session_tokens_per_second(trainer, result, checkpoint: str | None) -> float | None:
+def saved_tokens_seen(checkpoint: str | None) -> int:
+    """The input tokens a resumed run had seen at its checkpoint (0 for a fresh run)."""
+    if not checkpoint:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state.get("num_input_tokens_seen", 0) or 0
+
+
+def session_tokens_per_second(trainer, result, tokens_before: int) -> float | None:
     """Real (non-padding) input tokens per second of this session: the Trainer counts tokens
     over the whole run (resumes included) but times this session only."""
     runtime = result.metrics.get("train_runtime")
     if not runtime:
         return None
-    before = 0
-    if checkpoint:
-        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        before = state.get("num_input_tokens_seen", 0) or 0
-    return (trainer.state.num_input_tokens_seen - before) / runtime
+    return (trainer.state.num_input_tokens_seen - tokens_before) / runtime
 
 
 TRAIN_LOSS_FILE = "bgcli_train_loss.json"

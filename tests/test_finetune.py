@@ -444,7 +444,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(cli, tiny_bert_
     assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
     # the interrupted run has no final model: inference commands say what to do instead
     result = cli(["classify", "-m", str(out), "great"])
-    assert result.code == 2 and "unfinished `bgcli finetune` run" in result.stderr
+    assert result.code == 2 and "unfinished bgcli training run" in result.stderr
     assert f"-m {out / f'checkpoint-{step}'}" in result.stderr and command in result.stderr
     # and that checkpoint is a model the inference commands load
     result = cli(["classify", "-m", str(out / f"checkpoint-{step}"), "great"])
