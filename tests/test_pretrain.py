@@ -149,7 +149,7 @@ def test_nsp_examples_have_segments_special_tokens_and_labels(tiny_bert_dir):
     task = MaskedLMWithNspTask(lm_config(task="mlm+nsp", block_size=32, max_length=32), tokenizer)
     import datasets
 
-    docs = task._sentences(datasets.Dataset.from_dict({"text": DOCUMENTS}))
+    docs = task._tokenize(datasets.Dataset.from_dict({"text": DOCUMENTS}))
     pairs = task.finalize(docs, "train")
     for row in pairs:
         ids, types = row["input_ids"], row["token_type_ids"]

@@ -14,7 +14,6 @@ import random
 import re
 from typing import Any
 
-from ..data import require_columns
 from ..errors import UsageError
 from .language_modeling import EVAL_MASKING_SEED, MAP_BATCH, MaskedLMTask
 from .token_loss import token_cross_entropy
@@ -36,15 +35,9 @@ class MaskedLMWithNspTask(MaskedLMTask):
     stat_names = ("loss_sum", "tokens", "top1_accuracy", "top5_accuracy", "nsp_loss", "nsp_correct")
     documents_per_paragraph = True  # text files: a document is a blank-line separated paragraph
 
-    def prepare(self, train, others):
-        column = self.config.text_column
-        require_columns(train, {column: "--text-column"}, self.config.train_data)
-        for split, data in others.items():
-            require_columns(data, {column: "--text-column"}, split)
-        return self._sentences(train), {k: self._sentences(v) for k, v in others.items()}
-
-    def _sentences(self, dataset):
-        """Each document as a list of tokenized sentences (ids without special tokens)."""
+    def _tokenize(self, dataset):
+        """Each document as a list of tokenized sentences (ids without special tokens); the
+        column checks of `prepare` are the language-modeling tasks'."""
         column, tokenizer = self.config.text_column, self.tokenizer
 
         def tokenize(batch):
