@@ -82,9 +82,10 @@ def main() -> None:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     results = []
     for name in args.names or BENCHMARKS:
-        results.extend(importlib.import_module(f"bench.{name}").run())
+        rows = importlib.import_module(f"bench.{name}").run()
+        save(rows)  # after each benchmark: a later one that fails keeps the earlier rows
+        results.extend(rows)
     print_table(results)
-    save(results)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Reduced precision on trained models: speed against our fp32 and how many answers stay the same.
 
 - classify: the `rt-minilm` recipe's classifier (trained once here and cached) on the 1,066
-  Rotten Tomatoes test reviews: bf16, torch int8, ONNX Runtime fp32 and int8 (`bgcli export`)
-  against our fp32 (label agreement), and each against `pipeline()` at its default batch size.
+  Rotten Tomatoes test reviews: bf16, torch int8, ONNX Runtime fp32 and int8 (`bgcli export`,
+  plain and with `--optimize`'s fused graph) against our fp32 (label agreement), and each against
+  `pipeline()` at its default batch size.
 - fill-mask: the `movies-minilm-mlm` recipe's model (trained once, cached; ~17 minutes) on the
   same reviews with one word masked: top-1 and top-5 agreement with fp32.
 `BENCH_PRECISION=classify` limits it to the classifier.
@@ -30,11 +31,12 @@ def trained(recipe: str) -> Path:
     return out
 
 
-def exported(model: Path, quantize: str) -> Path:
-    out = bench_dir() / f"{model.name}-onnx-{quantize}"
-    if not (out / "config.json").is_file():
+def exported(model: Path, quantize: str, fused: bool = False) -> Path:
+    out = bench_dir() / f"{model.name}-onnx-{quantize}{'-fused' if fused else ''}"
+    if not (out / "bgcli_export.json").is_file():
         command = [sys.executable, "-m", "bertgpt_cli", "export", "-m", str(model), "-o", str(out)]
         command += ["--quantize", quantize, "--overwrite", "--quiet"]
+        command += ["--optimize"] if fused else []
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return out
 
@@ -54,6 +56,8 @@ def classify_rows() -> list:
         "int8": (model, "int8"),
         "onnx fp32": (exported(model, "none"), "auto"),
         "onnx int8": (exported(model, "int8"), "auto"),
+        "onnx fp32 fused": (exported(model, "none", fused=True), "auto"),
+        "onnx int8 fused": (exported(model, "int8", fused=True), "auto"),
     }
     runs = {}
     for name, (folder, precision) in variants.items():
@@ -98,7 +102,7 @@ def fill_mask_rows() -> list:
         config = FillMaskConfig(model=str(folder), precision=precision, batch_size=BATCH, top_k=5)
         predict = processor(load(config), config)
         runs[name] = lambda predict=predict: [
-            [p["token_str"] for p in r["predictions"]] for r in predict(records)
+            [p["token_str"] for p in r[0]["predictions"]] for r in predict(records)
         ]
     measured = alternate(runs, len(records), REPEATS)
     fp32_rate, fp32_top = measured["fp32"]

@@ -1,7 +1,5 @@
 """`python -m bertgpt_cli` (also what `accelerate launch -m bertgpt_cli` runs)."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

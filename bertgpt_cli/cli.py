@@ -122,6 +122,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_quietly_on_broken_pipe()
 
 
+# Commands that only read a model and write records: they end without the interpreter's teardown.
+QUICK_EXIT_COMMANDS = {
+    "classify",
+    "fill-mask",
+    "generate",
+    "ner",
+    "qa",
+    "embed",
+    "search",
+    "tokenize",
+    "eval",
+}
+
+
+def entry() -> None:
+    """The `bgcli` program (and `python -m bertgpt_cli`): main(), then exit.
+
+    After an inference command the interpreter's own teardown (finalising the thousands of
+    modules torch and transformers import) takes ~1.2 s of a ~5 s one-text call and does
+    nothing the user needs, so those commands end with os._exit once stdout and stderr are
+    flushed and the atexit handlers (temp-folder cleanup, logging) have run. Training and
+    serving keep the normal exit (worker threads, process groups)."""
+    code = main()
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command in QUICK_EXIT_COMMANDS:
+        _exit_without_teardown(code)
+    sys.exit(code)
+
+
+def _exit_without_teardown(code: int) -> None:
+    import atexit
+
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError):  # the reader went away: as main() does for it
+        code = EXIT_BROKEN_PIPE if code == 0 else code
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    atexit._run_exitfuncs()  # what a normal exit runs before the teardown we skip
+    os._exit(code)
+
+
 def _one_line_click_error(exc: Exception) -> str:
     message = exc.format_message().replace("\n", " ").replace("Value error, ", "")
     ctx = getattr(exc, "ctx", None)

@@ -130,8 +130,9 @@ def load_exported(resolved, config, exported: dict, auto_class, speed, task: str
 
 
 def quantize_int8(model, device):
-    """torch's dynamic quantization of every nn.Linear: int8 weights, activations quantized per
-    batch. CPU only; the answers can change (see docs/performance.md for the agreement)."""
+    """torch's dynamic quantization of every nn.Linear: int8 weights with a scale per output
+    channel, activations quantized per batch. CPU only; the answers can change (docs/performance.md:
+    one scale per channel kept 97.3% of a trained classifier's labels, one per matrix 93.7%)."""
     import warnings
 
     import torch
@@ -140,7 +141,8 @@ def quantize_int8(model, device):
         raise UsageError("--precision int8 runs on a CPU only; use --device cpu, or bf16 on a GPU")
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        per_channel = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        return torch.ao.quantization.quantize_dynamic(model, per_channel, dtype=torch.qint8)
 
 
 def require_head(resolved, config, suffix: str, head: str, remedy: str) -> None:

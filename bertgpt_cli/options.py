@@ -280,6 +280,17 @@ def examples_epilog(examples: typing.Sequence[str]) -> str:
     return "Examples:\n" + "\n".join(f"  {escape(line)}" for line in examples)
 
 
+def command_group(help: str, examples: typing.Sequence[str]) -> typer.Typer:
+    """A `bgcli NAME SUBCOMMAND` group (data, recipes, tokenizer) with the commands' help style."""
+    return typer.Typer(
+        help=help,
+        epilog=examples_epilog(examples),
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        cls=PlainHelpGroup,
+    )
+
+
 # Option groups shared by commands. Commands compose them into their own config.
 
 

@@ -92,6 +92,14 @@ def validate_keys(data: dict[str, Any], config_cls: type, source: str) -> None:
 NON_RECIPE_KEYS = {"recipe", "quiet", "debug", "format", "overwrite", "resume", "texts"}
 
 
+class RecipeConfig:
+    """A command config that takes `--recipe FILE`: the recipe's values under the flags given."""
+
+    @classmethod
+    def from_command_line(cls, values: dict[str, Any], explicit: set[str]):
+        return merge(cls, values, explicit, values.get("recipe"))
+
+
 def merge(config_cls: type, values: dict[str, Any], explicit: set[str], recipe: str | None):
     """defaults < recipe < flags typed on the command line."""
     merged = dict(values)

@@ -211,6 +211,7 @@ def load_splits(config, task):
     train, others = task.prepare(train, others)
     eval_set = others.get("eval")
     if eval_set is None and config.eval_split > 0:
+        check_eval_split(config.eval_split, len(train), task.documents_per_paragraph)
         # Split records before any packing, so no text lands in both parts.
         train, eval_set = task.split(train, config.eval_split, config.seed)
     if config.max_train_samples:
@@ -222,6 +223,22 @@ def load_splits(config, task):
         task.finalize(train, "train"),
         task.finalize(eval_set, "eval") if eval_set is not None else None,
         task.finalize(test_set, "test") if test_set is not None else None,
+    )
+
+
+def check_eval_split(fraction: float, records: int, documents: bool) -> None:
+    """Both parts of the split must hold a record (the datasets split rounds the held-out part
+    up), or one line naming the way out instead of the library's traceback."""
+    import math
+
+    held_out = math.ceil(fraction * records)
+    if 0 < held_out < records:
+        return
+    what = "documents (blank-line paragraphs of a text file, or records)" if documents else "training records"
+    raise UsageError(
+        f"--eval-split {fraction} of {records} {what} leaves "
+        f"{'nothing to train on' if held_out >= records else 'nothing to evaluate'}; "
+        "give more data, --eval-data FILE, or --eval-split 0"
     )
 
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from bertgpt_cli.cli import COMMAND_MODULES  # noqa: E402
 from bertgpt_cli.commands import data as data_command  # noqa: E402
-from bertgpt_cli.commands import tokenizer as tokenizer_command  # noqa: E402
 from bertgpt_cli.commands import recipes as recipes_command  # noqa: E402
+from bertgpt_cli.commands import tokenizer as tokenizer_command  # noqa: E402
 from bertgpt_cli.options import base_type, config_fields, describe_bounds, flag_name  # noqa: E402
 from bertgpt_cli.recipes import NON_RECIPE_KEYS  # noqa: E402
 
@@ -97,7 +97,8 @@ def recipes_section() -> list[str]:
         "|---|---|",
         "| `bgcli recipes list` | name, task, model, data and measured result of every recipe (`--format`) |",
         "| `bgcli recipes show NAME` | print a recipe: its header says how to run it and what it measured |",
-        "| `bgcli recipes cp NAME DEST [--overwrite]` | copy a recipe to customise it; run it with `--recipe DEST` |",
+        "| `bgcli recipes cp NAME DEST [--overwrite]` | copy a recipe to customise it; "
+        "run it with `--recipe DEST` |",
         "",
         "Examples:",
         "",

@@ -177,7 +177,8 @@ def test_int8_equals_torch_dynamic_quantization(cli, tiny_classifier_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        per_channel = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        quantized = torch.ao.quantization.quantize_dynamic(model, per_channel, dtype=torch.qint8)
     for text, ours in zip(TEXTS, records(result.stdout), strict=True):
         with torch.inference_mode():
             probs = quantized(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]

@@ -139,6 +139,29 @@ def test_broken_pipe_exits_quietly(tiny_bert_dir, tmp_path):
     assert "Traceback" not in stderr and "Error" not in stderr
 
 
+def test_inference_commands_skip_teardown_but_flush_and_clean_up(tiny_classifier_dir, tmp_path):
+    """classify ends with os._exit (no interpreter teardown): every record is still written,
+    atexit handlers (temp-folder cleanup) still run, and the exit status is kept."""
+    source = tmp_path / "reviews.txt"
+    texts = [f"review number {i} was fine" for i in range(3000)]
+    source.write_text("\n".join(texts[:10] + [""] + texts[10:]) + "\n")  # line 11 is empty: exit 1
+    marker = tmp_path / "atexit-ran"
+    code = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "from bertgpt_cli.cli import entry\n"
+        "entry()\n"
+    )
+    args = ["classify", "-m", str(tiny_classifier_dir), "-i", str(source), "-f", "jsonl"]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "line 11" in done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == len(texts) + 1  # the bad line's error record too
+    assert sum("label" in r for r in records) == len(texts)
+    assert marker.read_text() == "yes"
+
+
 def test_ctrl_c_exits_130_without_traceback(tiny_bert_dir):
     proc = subprocess.Popen(
         BGCLI + ["tokenize", "-m", str(tiny_bert_dir)],

@@ -82,6 +82,12 @@ bgcli() {
     args+=(--max-steps 2 --batch-size 4 --max-train-samples 24 --max-eval-samples 8)
     case " $* " in *" --task clm "*|*" --task mlm "*) args+=(--block-size 16) ;; esac
   fi
+  if [ "$1" = pretrain ] || [ "$1" = tokenizer ]; then
+    # a small corpus: both prepare their whole corpus first (data specs are tested elsewhere)
+    for i in "${!args[@]}"; do
+      case "${args[$i]}" in movie-reviews*) args[$i]="$PWD/documents.jsonl" ;; esac
+    done
+  fi
   if [ "$1" = pretrain ]; then  # the smallest size, a few steps
     args+=(--size tiny --max-steps 2 --batch-size 4 --max-train-samples 24 --max-eval-samples 8)
     args+=(--block-size 32)
@@ -113,6 +119,14 @@ def write_inputs(folder: Path) -> None:
     (folder / "sentences.txt").write_text("the movie was [MASK] .\ni loved the [MASK] .\n")
     (folder / "prompts.txt").write_text("the movie was\nonce upon a time\n")
     (folder / "corpus.txt").write_text("\n".join(reviews * 3) + "\n")
+    sentences = [
+        "the story follows a family across three summers by the sea",
+        "the acting is warm and the jokes land more often than not",
+        "sadly the last act drags on for far too long before the end",
+        "the music, the light and the small town all feel very real",
+    ]
+    documents = [". ".join(sentences[i % 4 :] + sentences[: i % 4]) + "." for i in range(24)]
+    (folder / "documents.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
     (folder / "reviews.jsonl").write_text(
         "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(reviews))
     )

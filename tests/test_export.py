@@ -25,6 +25,8 @@ def exports(tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, bare_encoder_d
     for name, model, extra in (
         ("cls", tiny_classifier_dir, []),
         ("cls8", tiny_classifier_dir, ["--quantize", "int8"]),
+        ("fused", tiny_classifier_dir, ["--optimize"]),
+        ("fused8", tiny_classifier_dir, ["--optimize", "--quantize", "int8"]),  # QAttention
         ("mlm", tiny_bert_dir, []),
         ("enc", bare_encoder_dir, []),
     ):
@@ -34,13 +36,18 @@ def exports(tmp_path_factory, tiny_classifier_dir, tiny_bert_dir, bare_encoder_d
     return made
 
 
-def test_an_exported_classifier_answers_like_pytorch(cli, exports, tiny_classifier_dir):
-    folder = exports["cls"]
+@pytest.mark.parametrize("name", ["cls", "fused"])
+def test_an_exported_classifier_answers_like_pytorch(cli, exports, tiny_classifier_dir, name):
+    folder = exports[name]
     assert {"model.onnx", "config.json", "tokenizer.json", "bgcli_export.json"} <= {
         p.name for p in folder.iterdir()
     }
     record = json.loads((folder / "bgcli_export.json").read_text())
     assert record["task"] == "classification" and record["check"]["max_abs_difference"] < 1e-4
+    if name == "fused":  # each layer's attention is one kernel (the batch below mixes lengths: padding)
+        assert record["fused_ops"]["Attention"] == 2 and record["fused_ops"]["SkipLayerNormalization"] >= 2
+    else:
+        assert record["fused_ops"] == {}
     ours = cli(["classify", "-m", str(folder), "--batch-size", "2", *TEXTS])
     assert ours.code == 0 and "onnxruntime" in ours.stderr
     reference = lines(cli(["classify", "-m", str(tiny_classifier_dir), *TEXTS]).stdout)
@@ -50,12 +57,31 @@ def test_an_exported_classifier_answers_like_pytorch(cli, exports, tiny_classifi
         assert o["score"] == pytest.approx(r["score"], abs=1e-4)
 
 
-def test_int8_export_is_checked_and_runs(cli, exports):
-    record = json.loads((exports["cls8"] / "bgcli_export.json").read_text())
+@pytest.mark.parametrize("name", ["cls8", "fused8"])
+def test_int8_export_is_checked_and_runs(cli, exports, name):
+    record = json.loads((exports[name] / "bgcli_export.json").read_text())
     assert record["quantize"] == "int8" and record["check"]["tolerance"] is None
-    assert (exports["cls8"] / "model.onnx").stat().st_size < (exports["cls"] / "model.onnx").stat().st_size
-    result = cli(["classify", "-m", str(exports["cls8"]), *TEXTS])
+    assert (exports[name] / "model.onnx").stat().st_size < (exports["cls"] / "model.onnx").stat().st_size
+    result = cli(["classify", "-m", str(exports[name]), *TEXTS])
     assert result.code == 0 and len(lines(result.stdout)) == len(TEXTS)
+
+
+def test_a_fused_graph_that_drifts_from_pytorch_is_not_kept(cli, tiny_classifier_dir, tmp_path, monkeypatch):
+    from bertgpt_cli.commands import export
+
+    compare = export.compare_with_pytorch
+
+    def drifting(model, tokenizer, graph, outputs):
+        largest, agree = compare(model, tokenizer, graph, outputs)
+        return (1.0, agree) if graph.name == "model.fused.onnx" else (largest, agree)
+
+    monkeypatch.setattr(export, "compare_with_pytorch", drifting)
+    result = cli(["export", "-m", str(tiny_classifier_dir), "-o", str(tmp_path / "plain"), "--optimize"])
+    assert result.code == 0, result.stderr
+    assert "kept the unfused graph" in result.stderr
+    record = json.loads((tmp_path / "plain" / "bgcli_export.json").read_text())
+    assert record["fused_ops"] == {} and record["check"]["max_abs_difference"] < 1e-4
+    assert sorted(p.name for p in (tmp_path / "plain").glob("*.onnx")) == ["model.onnx"]
 
 
 def test_fill_mask_and_embed_through_onnxruntime(cli, exports, tiny_bert_dir, bare_encoder_dir):

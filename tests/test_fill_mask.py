@@ -115,6 +115,32 @@ def test_bf16_runs_and_mostly_agrees(cli, tiny_bert_dir):
     assert [len(r["predictions"]) for r in records(bf16.stdout)] == [len(r["predictions"]) for r in fp32]
 
 
+def test_int8_answers_as_the_pipeline_on_the_same_quantized_model(cli, tiny_bert_dir):
+    import warnings
+
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    # One text per batch: activations are quantized per batch (docs/performance.md).
+    one_mask = [TEXTS[0], TEXTS[2], TEXTS[4]]
+    result = cli(
+        ["fill-mask", "-m", str(tiny_bert_dir), "--precision", "int8", "--batch-size", "1", *one_mask]
+    )
+    assert result.code == 0 and "int8 linear layers" in result.stderr, result.stderr
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_channel = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        quantized = torch.ao.quantization.quantize_dynamic(model, per_channel, dtype=torch.qint8)
+    reference = pipeline("fill-mask", model=quantized, tokenizer=AutoTokenizer.from_pretrained(tiny_bert_dir))
+    for text, ours in zip(one_mask, records(result.stdout), strict=True):
+        theirs = reference(text, top_k=5)
+        assert [p["token_str"] for p in ours["predictions"]] == [p["token_str"] for p in theirs]
+        assert [p["score"] for p in ours["predictions"]] == pytest.approx(
+            [p["score"] for p in theirs], abs=1e-4
+        )
+
+
 def test_fp16_on_cpu_warns(cli, tiny_bert_dir):
     result = cli(["fill-mask", "-m", str(tiny_bert_dir), "--precision", "fp16", "--device", "cpu", TEXTS[2]])
     assert "fp16 on a CPU is ~100x slower" in result.stderr

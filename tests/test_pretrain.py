@@ -277,8 +277,13 @@ def test_pretrain_with_a_given_tokenizer_and_plain_mlm(cli, documents_file, tmp_
                          str(tmp_path / "tok"))  # fmt: skip
     args.remove("--vocab-size")
     args.remove("300")
+    # An earlier unfinished start whose tokenizer was trained on the fly: its report must go.
+    (tmp_path / "mlm" / "init").mkdir(parents=True)
+    (tmp_path / "mlm" / ".bgcli-run").touch()
+    (tmp_path / "mlm" / "init" / "tokenizer_report.json").write_text("{}")
     result = cli(args)
     assert result.code == 0, result.stderr
+    assert not (tmp_path / "mlm" / "init" / "tokenizer_report.json").exists()
     config = json.loads((tmp_path / "mlm" / "config.json").read_text())
     assert config["architectures"] == ["BertForMaskedLM"]
     assert (
@@ -309,6 +314,15 @@ def test_pretrain_flags_are_checked_before_anything_loads(cli, tmp_path, extra, 
     result = cli(["pretrain", "--train-data", "x.txt", "-o", str(tmp_path / "r"), *extra])
     assert result.code == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_an_eval_split_of_a_single_document_is_one_line(cli, tmp_path):
+    one_paragraph = tmp_path / "one.txt"  # no blank line: one document
+    one_paragraph.write_text("the film was long. the cast was fine.\nthe music was loud.\n")
+    result = cli(pretrain_args("bert", one_paragraph, tmp_path / "one-doc"))
+    assert result.code == 2, result.stderr
+    assert "--eval-split 0.2 of 1 documents" in result.stderr and "--eval-data" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_model_config_file_sets_the_shape(cli, documents_file, tmp_path):

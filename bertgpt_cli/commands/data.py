@@ -7,14 +7,12 @@ import json
 import sys
 from dataclasses import dataclass
 
-import typer
-
 from ..console import info
 from ..errors import BgcliError, UsageError
 from ..options import (
     OutputOptions,
     PlainHelpCommand,
-    PlainHelpGroup,
+    command_group,
     examples_epilog,
     option,
     same_option,
@@ -157,13 +155,7 @@ def show_tables(report: dict) -> None:
         console.print("no problems found", style="green")
 
 
-APP = typer.Typer(
-    help=HELP,
-    epilog=examples_epilog(EXAMPLES),
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    cls=PlainHelpGroup,
-)
+APP = command_group(HELP, EXAMPLES)
 APP.command(
     "check",
     help="Rows, empty and duplicate texts, train/test overlap, label balance and unseen labels, "

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..console import info
+from ..console import info, warn
 from ..errors import UsageError
 from ..options import OutputOptions, option
 
@@ -50,6 +50,13 @@ class ExportConfig(OutputOptions):
         panel=PANEL,
     )
     opset: int = option(17, "ONNX opset version.", panel=PANEL, ge=14)
+    optimize: bool = option(
+        False,
+        "Fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer (checked like the "
+        "plain graph; kept only if it still matches PyTorch). Measure it on your CPU: on an AMX Xeon "
+        "it was slower than the plain graph.",
+        panel=PANEL,
+    )
     overwrite: bool = option(False, "Replace an earlier export in --output.", panel=PANEL)
     offline: bool = option(False, "Never touch the network.", panel="Model")
 
@@ -86,21 +93,27 @@ def run(config: ExportConfig) -> None:
         raise UsageError("causal LMs are not exported (generation needs past key values); export encoders")
     class_name, outputs = EXPORT_TASKS[task]
     tokenizer = load_tokenizer(resolved)
+    # eager attention: the plain MatMul-Softmax-MatMul pattern onnxruntime's optimizer fuses into one
+    # Attention kernel (SDPA traces to a form it does not recognise); same outputs.
+    model_config._attn_implementation = "eager"
     model = load_model(resolved, getattr(transformers, class_name), task, config=model_config).eval()
 
     def write(folder: Path) -> None:
-        export_graph(model, tokenizer, folder / "model.onnx", outputs, config.opset)
+        graph = folder / "model.onnx"
+        export_graph(model, tokenizer, graph, outputs, config.opset)
+        fused = fuse_transformer_ops(model, tokenizer, graph, outputs) if config.optimize else {}
         if config.quantize == "int8":
-            quantize_int8(folder / "model.onnx")
+            quantize_int8(graph)
         tokenizer.save_pretrained(folder)
         model.config.save_pretrained(folder)
         copy_pooling_config(resolved, folder)
-        check = check_export(model, tokenizer, folder, outputs, config.quantize)
+        check = check_export(model, tokenizer, graph, outputs, config.quantize)
         record = {
             "task": task,
             "format": "onnx",
             "quantize": config.quantize,
             "opset": config.opset,
+            "fused_ops": fused,
             "file": "model.onnx",
             "source": config.model,
             "check": check,
@@ -186,22 +199,80 @@ def export_graph(model, tokenizer, path: Path, outputs: list[str], opset: int) -
         )
 
 
+def fuse_transformer_ops(model, tokenizer, path: Path, outputs: list[str]) -> dict[str, int]:
+    """onnxruntime's transformer optimizer: the attention block, LayerNorm (+ residual), GELU
+    (+ bias) and the embeddings each become one fused CPU kernel instead of dozens of small ops.
+    Its BERT patterns are matched, not assumed: an encoder it does not know keeps its plain ops
+    and a fused graph that no longer matches PyTorch is dropped for the plain one."""
+    import contextlib
+    import io
+
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    # The 2-D mask as given, not its default of per-row lengths, which assumes right padding.
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+        optimized = optimize_model(
+            str(path),
+            model_type="bert",
+            num_heads=getattr(model.config, "num_attention_heads", 0),
+            hidden_size=getattr(model.config, "hidden_size", 0),
+            optimization_options=options,
+        )
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    if not fused:
+        return {}
+    candidate = path.with_name("model.fused.onnx")
+    optimized.save_model_to_file(str(candidate))
+    largest, _ = compare_with_pytorch(model, tokenizer, candidate, outputs)
+    if largest > FP32_TOLERANCE:
+        candidate.unlink()
+        warn(f"kept the unfused graph: the fused one differs from PyTorch by {largest:.2e}")
+        return {}
+    candidate.replace(path)
+    info("fused " + ", ".join(f"{k} x{n}" for k, n in sorted(fused.items())))
+    return fused
+
+
 def quantize_int8(path: Path) -> None:
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantized = path.with_name("model.int8.onnx")
-    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+    # It advises running its pre-processing (shape inference and graph fusion) first: the
+    # transformer optimizer above has done the fusion; the advice is not the user's business.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        # Fused ops (com.microsoft domain) defeat its type inference for the tensors they feed.
+        defaults = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        # A scale per output channel: on a trained minilm classifier it kept 98.2% of the labels
+        # (one scale per matrix: 95.6%) at the same speed.
+        quantize_dynamic(
+            str(path),
+            str(quantized),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options=defaults,
+        )
+    finally:
+        root.setLevel(level)
     quantized.replace(path)
 
 
-def check_export(model, tokenizer, folder: Path, outputs: list[str], quantize: str) -> dict:
-    """The exported graph against PyTorch on a few texts: fp32 must match to FP32_TOLERANCE;
-    int8 is reported (largest difference, argmax agreement), not refused."""
+def compare_with_pytorch(model, tokenizer, graph: Path, outputs: list[str]) -> tuple[float, bool]:
+    """Largest absolute difference from PyTorch's outputs on CHECK_TEXTS, and whether every argmax
+    is the same."""
     import numpy as np
     import onnxruntime
     import torch
 
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     inputs = sample_inputs(tokenizer)
     feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
     ours = session.run(outputs, feed)
@@ -212,6 +283,13 @@ def check_export(model, tokenizer, folder: Path, outputs: list[str], quantize: s
         expected = getattr(reference, name).numpy()
         largest = max(largest, float(np.abs(value - expected).max()))
         agree = agree and bool((value.argmax(-1) == expected.argmax(-1)).all())
+    return largest, agree
+
+
+def check_export(model, tokenizer, graph: Path, outputs: list[str], quantize: str) -> dict:
+    """The exported graph against PyTorch: fp32 must match to FP32_TOLERANCE; int8 is reported
+    (largest difference, argmax agreement), not refused."""
+    largest, agree = compare_with_pytorch(model, tokenizer, graph, outputs)
     if quantize == "none" and largest > FP32_TOLERANCE:
         raise UsageError(
             f"the exported graph differs from PyTorch by {largest:.2e} (> {FP32_TOLERANCE}); not written"

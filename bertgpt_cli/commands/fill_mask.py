@@ -122,8 +122,7 @@ class MaskPredictor:
         if target_ids:
             self.top_k = min(top_k, len(target_ids))  # as the pipeline: at most every target
         else:
-            embeddings = getattr(model, "get_output_embeddings", lambda: None)()
-            vocabulary = embeddings.weight.shape[0] if embeddings is not None else model.config.vocab_size
+            vocabulary = output_rows(model)
             if top_k > vocabulary:
                 warn(f"--top-k {top_k} is more than the vocabulary holds; showing all {vocabulary}")
             self.top_k = min(top_k, vocabulary)
@@ -224,6 +223,17 @@ class MaskPredictor:
                 )
             out.append(row)
         return out[0] if single else out
+
+
+def output_rows(model) -> int:
+    """How many tokens the model scores: its output projection's rows (config.vocab_size can
+    be smaller after a resize)."""
+    embeddings = getattr(model, "get_output_embeddings", lambda: None)()
+    if embeddings is None:
+        return model.config.vocab_size
+    weight = embeddings.weight
+    weight = weight() if callable(weight) else weight  # --precision int8: a quantized Linear's is a method
+    return weight.shape[0]
 
 
 def mask_head(model):

@@ -16,7 +16,7 @@ import typer
 from ..console import info, set_verbosity, warn
 from ..errors import BgcliError, UsageError
 from ..options import ModelOptions, OutputOptions, option
-from ..recipes import merge
+from ..recipes import RecipeConfig
 from ..run_dirs import (
     LOCK_FILE,
     LOCK_HELD_ENV,
@@ -44,7 +44,7 @@ EXAMPLES = (
 
 
 @dataclass
-class FinetuneConfig(ModelOptions, OutputOptions):
+class FinetuneConfig(ModelOptions, OutputOptions, RecipeConfig):
     recipe: str | None = option(
         None,
         "Recipe name (`bgcli recipes list`) or YAML path; flags override it.",
@@ -226,10 +226,6 @@ class FinetuneConfig(ModelOptions, OutputOptions):
     def __post_init__(self) -> None:
         if self.max_length is None:  # a question and a paragraph need a longer window
             self.max_length = 384 if self.task == "qa" else 128
-
-    @classmethod
-    def from_command_line(cls, values: dict, explicit: set[str]) -> FinetuneConfig:
-        return merge(cls, values, explicit, values.get("recipe"))
 
 
 CONFIG = FinetuneConfig

@@ -9,6 +9,7 @@ Trainer starts; data, recipes, reports, resume, Ctrl-C and --num-processes are f
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..options import OutputOptions, option, same_option
 from ..pretraining import ARCHS, INIT_DIR, OBJECTIVES, SIZES, sizes_help
-from ..recipes import merge
+from ..recipes import RecipeConfig
 from .finetune import FinetuneConfig, run_training
 from .finetune import validate as validate_finetune
 
@@ -42,7 +43,7 @@ def _borrow(name: str, default=dataclasses.MISSING, **changes):
 
 
 @dataclass
-class PretrainConfig(OutputOptions):
+class PretrainConfig(OutputOptions, RecipeConfig):
     recipe: str | None = _borrow("recipe")
     arch: str = option("bert", "bert (encoder) or gpt2 (decoder).", choices=ARCHS, panel=MODEL)
     size: str = option("mini", f"Named size: {sizes_help()}.", choices=tuple(SIZES), panel=MODEL)
@@ -111,10 +112,6 @@ class PretrainConfig(OutputOptions):
     def __post_init__(self) -> None:
         if self.objective is None:
             self.objective = OBJECTIVES[self.arch][0]
-
-    @classmethod
-    def from_command_line(cls, values: dict, explicit: set[str]) -> PretrainConfig:
-        return merge(cls, values, explicit, values.get("recipe"))
 
 
 CONFIG = PretrainConfig
@@ -185,6 +182,9 @@ def prepare_start(config: PretrainConfig, training: FinetuneConfig, run_dir: Pat
         return
     if not build:
         raise UsageError(f"{init} is missing; start several processes with --num-processes N")
+    # A fresh start replaces the whole of init/, so no file of an earlier start (say the report
+    # of a tokenizer trained on the fly, now that --tokenizer is given) outlives it.
+    shutil.rmtree(init, ignore_errors=True)
     build_start(config, init)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UsageError
-from ..options import OutputOptions, PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
+from ..options import OutputOptions, PlainHelpCommand, command_group, typer_command
 from ..output import RecordWriter
 from ..recipes import find_recipe, read_recipe, recipe_command, recipe_dirs, recipe_names
 
@@ -89,13 +89,7 @@ def copy_recipe(name: str, dest: str, overwrite: bool) -> None:
     print(target)
 
 
-APP = typer.Typer(
-    help=HELP,
-    epilog=examples_epilog(EXAMPLES),
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    cls=PlainHelpGroup,
-)
+APP = command_group(HELP, EXAMPLES)
 APP.command(
     "list", help="Recipes with task, model, data and the result measured with them.", cls=PlainHelpCommand
 )(typer_command(ListConfig, list_recipes))

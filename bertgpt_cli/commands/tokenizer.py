@@ -6,14 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import typer
-
 from ..console import info
 from ..errors import UsageError
 from ..options import (
     OutputOptions,
     PlainHelpCommand,
-    PlainHelpGroup,
+    command_group,
     examples_epilog,
     option,
     same_option,
@@ -114,13 +112,7 @@ def show_report(report: dict, fmt: str | None) -> None:
     writer.close()
 
 
-APP = typer.Typer(
-    help=HELP,
-    epilog=examples_epilog(EXAMPLES),
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    cls=PlainHelpGroup,
-)
+APP = command_group(HELP, EXAMPLES)
 APP.command(
     "train",
     help="Learn a WordPiece or byte-level BPE vocabulary from a corpus (streamed, never all in memory); "
