@@ -69,6 +69,32 @@ def cli():
     return run_cli
 
 
+def interrupt_and_wait(proc, timeout: float = 120) -> bytes:
+    """Ctrl-C a process started by `start_interruptible`; its stderr. Killed if it does not end,
+    so a failed test leaves no training process behind."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
+def start_interruptible(args: list[str], **kwargs):
+    """Popen with Ctrl-C's default action restored in the child: a runner that starts the test
+    session in the background (SIGINT ignored, inherited) must not make Ctrl-C a no-op."""
+    import signal
+    import subprocess
+
+    return subprocess.Popen(
+        args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), cwd=ROOT, **kwargs
+    )
+
+
 def _wordpiece_tokenizer(lines: list[str] = CORPUS):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

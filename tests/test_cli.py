@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 from bertgpt_cli import __version__
 from bertgpt_cli.cli import app
 
-from .conftest import BGCLI, ROOT
+from .conftest import BGCLI, ROOT, interrupt_and_wait, start_interruptible
 
 HEAVY = ("torch", "transformers", "datasets", "evaluate", "accelerate")
 COMMANDS = sorted(c.name for c in app.registered_commands)
@@ -163,18 +162,16 @@ def test_inference_commands_skip_teardown_but_flush_and_clean_up(tiny_classifier
 
 
 def test_ctrl_c_exits_130_without_traceback(tiny_bert_dir):
-    proc = subprocess.Popen(
+    proc = start_interruptible(
         BGCLI + ["tokenize", "-m", str(tiny_bert_dir)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=ROOT,
     )
     proc.stdin.write(b"first line\n")
     proc.stdin.flush()
     time.sleep(4)  # the command now waits for more stdin
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    stderr = interrupt_and_wait(proc, timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in stderr.decode()
 

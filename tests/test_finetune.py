@@ -403,11 +403,10 @@ def test_recipes_list_show_cp(cli, tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(cli, tiny_bert_dir, reviews, tmp_path):
-    import signal
     import subprocess
     import time
 
-    from .conftest import BGCLI, ROOT
+    from .conftest import BGCLI, interrupt_and_wait, start_interruptible
 
     out = tmp_path / "interrupted"
     args = [
@@ -425,15 +424,13 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(cli, tiny_bert_
         "--output",
         str(out),
     ]
-    proc = subprocess.Popen(BGCLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = start_interruptible(BGCLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (out / "bgcli_config.yaml").is_file():  # written just before the first step
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(3)  # let it train for a while
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    stderr = stderr.decode()
+    stderr = interrupt_and_wait(proc).decode()
     assert proc.returncode == 130
     assert "Traceback" not in stderr
     command = f"bgcli finetune --recipe {out / 'bgcli_config.yaml'} --output {out} --resume auto"
