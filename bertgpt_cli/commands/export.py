@@ -243,8 +243,8 @@ def quantize_int8(path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantized = path.with_name("model.int8.onnx")
-    # It advises running its pre-processing (shape inference and graph fusion) first: the
-    # transformer optimizer above has done the fusion; the advice is not the user's business.
+    # It logs advice to run its own pre-processing (shape inference, graph fusion) first: for
+    # fusion bgcli offers --optimize; the advice is not the user's business on every export.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
