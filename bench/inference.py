@@ -106,8 +106,8 @@ def bench_fill_mask() -> list[Result]:
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-    from bertgpt_cli.commands.fill_mask import MaskPredictor
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.fill_mask import MaskPredictor
+    from bertgpt_cli.io.records import InputRecord
 
     model_dir = str(minilm_with_head("mlm"))
     texts = [mask_one_word(s) for s in rt_sentences()]
@@ -189,8 +189,8 @@ def bench_classify() -> list[Result]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from bertgpt_cli.commands.classify import Classifier, ClassifyConfig
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.classify import Classifier, ClassifyConfig
+    from bertgpt_cli.io.records import InputRecord
 
     model_dir = str(minilm_with_head("cls"))
     texts = rt_sentences()
@@ -268,9 +268,9 @@ def bench_generate() -> list[Result]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    from bertgpt_cli.assets import BUILTIN_MODELS
-    from bertgpt_cli.commands.generate import GenerateConfig, Generator
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.generate import GenerateConfig, Generator
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.records import InputRecord
 
     model_dir = str(BUILTIN_MODELS["smollm2"].model_dir())
     prompts = [" ".join(s.split()[:8]) for s in rt_sentences(GEN_PROMPTS)]

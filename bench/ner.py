@@ -35,7 +35,7 @@ def split_file(split: str, limit: int | None = None) -> Path:
     """A CoNLL-2003 split as JSONL tokens/ner_tags (what the plain script reads)."""
     path = bench_dir() / f"conll2003-{split}-{limit or 'all'}.jsonl"
     if not path.is_file():
-        from bertgpt_cli.data import load_data
+        from bertgpt_cli.io.data import load_data
 
         rows = load_data(f"conll2003@{split}")
         rows = rows.select(range(min(limit, len(rows)))) if limit else rows
@@ -113,9 +113,9 @@ def same_entities(ours: list[list[dict]], reference: list[list[dict]]) -> bool:
 def inference_row(model_dir: Path) -> Result:
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-    from bertgpt_cli.commands.ner import NerConfig, Recognizer
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.ner import NerConfig, Recognizer
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.io.records import InputRecord
 
     texts = [" ".join(tokens) for tokens in load_data("conll2003@test")["tokens"]]
     records = [InputRecord(i, t) for i, t in enumerate(texts)]
@@ -146,7 +146,7 @@ def inference_row(model_dir: Path) -> Result:
 
 def run() -> list[Result]:
     """BENCH_NER=training,inference (the default: both)."""
-    from bertgpt_cli.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     chosen = os.environ.get("BENCH_NER", "training,inference").split(",")
     ours_dir = bench_dir() / "train-ner-ours"

@@ -44,8 +44,8 @@ def exported(model: Path, quantize: str, fused: bool = False) -> Path:
 def classify_rows() -> list:
     from transformers import pipeline
 
-    from bertgpt_cli.commands.classify import ClassifyConfig, load, processor
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.classify import ClassifyConfig, load, processor
+    from bertgpt_cli.io.records import InputRecord
 
     model = trained("rt-minilm")
     texts = rt_sentences()
@@ -89,8 +89,8 @@ def classify_rows() -> list:
 
 
 def fill_mask_rows() -> list:
-    from bertgpt_cli.commands.fill_mask import FillMaskConfig, load, processor
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.fill_mask import FillMaskConfig, load, processor
+    from bertgpt_cli.io.records import InputRecord
 
     model = trained("movies-minilm-mlm")
     sentences = [mask_one_word(s) for s in rt_sentences()]

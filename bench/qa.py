@@ -37,8 +37,8 @@ def minilm_with_span_head() -> Path:
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from bertgpt_cli.assets import BUILTIN_MODELS
-    from bertgpt_cli.atomic import save_dir_atomically
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.atomic import save_dir_atomically
 
     source = BUILTIN_MODELS["minilm"].model_dir()
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def minilm_with_span_head() -> Path:
 def per_question_loop(model, tokenizer, questions: list[str], contexts: list[str]) -> list[tuple[int, int]]:
     import torch
 
-    from bertgpt_cli.qa_decoding import best_answers, make_windows
+    from bertgpt_cli.inference.qa_decoding import best_answers, make_windows
 
     spans = []
     for question, context in zip(questions, contexts, strict=True):
@@ -80,7 +80,7 @@ def train_file() -> Path:
 
     path = bench_dir() / f"squad-train-{TRAIN}.jsonl"
     if not path.is_file():
-        from bertgpt_cli.data import load_data
+        from bertgpt_cli.io.data import load_data
 
         rows = load_data("squad@train").select(range(TRAIN))
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -90,10 +90,10 @@ def train_file() -> Path:
 def dev_f1(model_dir: Path) -> float:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from bertgpt_cli.commands.qa import QaConfig, Reader
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.metrics import load_metric
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.qa import QaConfig, Reader
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.io.records import InputRecord
+    from bertgpt_cli.training.metrics import load_metric
 
     dev = load_data("squad@validation").select(range(QUESTIONS))
     records = [InputRecord(i, r["question"], {"context": r["context"]}) for i, r in enumerate(dev)]
@@ -141,7 +141,7 @@ def training_row() -> list[Result]:
     import subprocess
     import sys
 
-    from bertgpt_cli.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     train = train_file()
     ours_dir, plain_dir = bench_dir() / "train-qa-ours", bench_dir() / "train-qa-plain"
@@ -203,9 +203,9 @@ def run() -> list[Result]:
 def inference_rows() -> list[Result]:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from bertgpt_cli.commands.qa import QaConfig, Reader
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.qa import QaConfig, Reader
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.io.records import InputRecord
 
     dev = load_data("squad@validation").select(range(QUESTIONS))
     questions, contexts = dev["question"], dev["context"]
@@ -231,7 +231,7 @@ def inference_rows() -> list[Result]:
     rows = []
     for precision in ("bf16", "int8"):
         config = QaConfig(model=str(model_dir), batch_size=32, doc_stride=STRIDE, precision=precision)
-        from bertgpt_cli.inference import load_for_inference
+        from bertgpt_cli.inference.loading import load_for_inference
 
         fast_model, fast_tokenizer = load_for_inference(config, config, AutoModelForQuestionAnswering, "qa")
         fast = Reader(fast_model, fast_tokenizer, config, None)

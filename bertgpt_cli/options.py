@@ -18,8 +18,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 import typer.core
 
-from .console import set_verbosity
 from .errors import StdoutClosed, UsageError
+from .io.console import set_verbosity
 
 Config = TypeVar("Config")
 

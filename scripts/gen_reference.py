@@ -16,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bertgpt_cli.cli import COMMAND_MODULES  # noqa: E402
-from bertgpt_cli.commands import data as data_command  # noqa: E402
-from bertgpt_cli.commands import recipes as recipes_command  # noqa: E402
-from bertgpt_cli.commands import tokenizer as tokenizer_command  # noqa: E402
+from bertgpt_cli.cli.app import COMMAND_MODULES  # noqa: E402
+from bertgpt_cli.cli.commands import data as data_command  # noqa: E402
+from bertgpt_cli.cli.commands import recipes as recipes_command  # noqa: E402
+from bertgpt_cli.cli.commands import tokenizer as tokenizer_command  # noqa: E402
 from bertgpt_cli.options import base_type, config_fields, describe_bounds, flag_name  # noqa: E402
-from bertgpt_cli.recipes import NON_RECIPE_KEYS  # noqa: E402
+from bertgpt_cli.training.recipes import NON_RECIPE_KEYS  # noqa: E402
 
 REFERENCE = ROOT / "docs" / "reference.md"
 REGENERATE = "python scripts/gen_reference.py"

@@ -49,8 +49,8 @@ def run_cli(args: list[str], input: bytes | str | None = None) -> CliResult:
     """Run `bgcli ARGS` in-process with Typer's isolated stdin/stdout/stderr."""
     from typer.testing import CliRunner
 
-    from bertgpt_cli.cli import main
-    from bertgpt_cli.console import set_verbosity
+    from bertgpt_cli.cli.app import main
+    from bertgpt_cli.io.console import set_verbosity
 
     runner = CliRunner()
     if isinstance(input, str):

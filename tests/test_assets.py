@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bertgpt_cli.assets import BUILTIN_MODELS, SMOLLM2_GGUF, smollm2_cache_dir
-from bertgpt_cli.atomic import remove_stale_temp_dirs, save_dir_atomically
+from bertgpt_cli.io.assets import BUILTIN_MODELS, SMOLLM2_GGUF, smollm2_cache_dir
+from bertgpt_cli.io.atomic import remove_stale_temp_dirs, save_dir_atomically
 
 from .conftest import ROOT
 
@@ -34,7 +34,7 @@ def test_killed_write_leaves_no_target_and_the_leftover_is_cleaned(tmp_path):
     target = tmp_path / "model"
     code = (
         "import time, sys\nfrom pathlib import Path\n"
-        "from bertgpt_cli.atomic import save_dir_atomically\n"
+        "from bertgpt_cli.io.atomic import save_dir_atomically\n"
         "def write(folder):\n"
         "    (folder / 'model.safetensors').write_bytes(b'half')\n"
         "    print('writing', flush=True)\n"

@@ -186,21 +186,21 @@ def test_finetune_refuses_a_folder_of_other_files(cli, places, tmp_path):
 
 
 def test_output_outside_the_working_dir_warns(places, tmp_path, monkeypatch):
-    from bertgpt_cli.commands.finetune import FinetuneConfig, prepare_run_dir
+    from bertgpt_cli.training.finetune import FinetuneConfig, prepare_run_dir
 
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
     config = FinetuneConfig(train_data=places["csv"], output=str(tmp_path / "elsewhere"))
     seen = []
-    monkeypatch.setattr("bertgpt_cli.commands.finetune.warn", lambda text: seen.append(text))
+    monkeypatch.setattr("bertgpt_cli.training.finetune.warn", lambda text: seen.append(text))
     prepare_run_dir(config)
     assert any("outside the current directory" in text for text in seen)
 
 
 def test_a_second_run_into_a_locked_run_dir_is_refused(tmp_path):
     from bertgpt_cli.errors import UsageError
-    from bertgpt_cli.run_dirs import LOCK_FILE, run_dir_lock
+    from bertgpt_cli.io.run_dirs import LOCK_FILE, run_dir_lock
 
     with run_dir_lock(tmp_path):
         # flock belongs to an open file: a second open, even in this process, must wait.
@@ -213,7 +213,7 @@ def test_a_second_run_into_a_locked_run_dir_is_refused(tmp_path):
 
 
 def test_a_failed_final_save_leaves_no_temp_files(tmp_path):
-    from bertgpt_cli.run_dirs import FINAL_TEMP, run_dir_lock
+    from bertgpt_cli.io.run_dirs import FINAL_TEMP, run_dir_lock
 
     (tmp_path / FINAL_TEMP).mkdir()
     (tmp_path / FINAL_TEMP / "model.safetensors").write_bytes(b"0" * 1000)
@@ -222,7 +222,7 @@ def test_a_failed_final_save_leaves_no_temp_files(tmp_path):
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    from bertgpt_cli.atomic import save_dir_atomically, write_text_atomically
+    from bertgpt_cli.io.atomic import save_dir_atomically, write_text_atomically
 
     old = os.umask(0o022)
     try:
@@ -237,8 +237,8 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_disk_full_is_one_line_with_the_resume_hint_only_for_a_complete_checkpoint(tmp_path):
     import errno
 
-    from bertgpt_cli.commands.finetune import disk_full_is_one_line
     from bertgpt_cli.errors import BgcliError
+    from bertgpt_cli.training.finetune import disk_full_is_one_line
 
     def fail():
         with disk_full_is_one_line(tmp_path):
@@ -256,10 +256,10 @@ def test_disk_full_is_one_line_with_the_resume_hint_only_for_a_complete_checkpoi
 def test_empty_training_texts_are_skipped_with_their_rows_named(monkeypatch):
     import datasets
 
-    from bertgpt_cli.tasks.classification import without_empty_texts
+    from bertgpt_cli.training.tasks.classification import without_empty_texts
 
     seen = []
-    monkeypatch.setattr("bertgpt_cli.tasks.classification.warn", seen.append)
+    monkeypatch.setattr("bertgpt_cli.training.tasks.classification.warn", seen.append)
     data = datasets.Dataset.from_dict({"text": ["good", "  ", None, "bad"], "label": [1, 0, 0, 0]})
     kept = without_empty_texts(data, ["text"], "train.csv")
     assert kept["text"] == ["good", "bad"]
@@ -294,7 +294,7 @@ def test_input_from_process_substitution_and_named_pipe(places, tmp_path):
 
 
 def test_text_format_keeps_one_record_per_line(capsys):
-    from bertgpt_cli.output import RecordWriter
+    from bertgpt_cli.io.output import RecordWriter
 
     writer = RecordWriter("text", text_key="completion")
     writer.write({"completion": "line one\nline two \\ end"})
@@ -305,9 +305,9 @@ def test_text_format_keeps_one_record_per_line(capsys):
 
 
 def test_recipe_values_are_typed_before_loading(tmp_path):
-    from bertgpt_cli.commands.finetune import FinetuneConfig
     from bertgpt_cli.errors import UsageError
-    from bertgpt_cli.recipes import merge
+    from bertgpt_cli.training.finetune import FinetuneConfig
+    from bertgpt_cli.training.recipes import merge
 
     good = tmp_path / "good.yaml"
     good.write_text("epochs: 2\nlr: 1e-4\nmax_steps: 10.0\neval_every: 50\n")

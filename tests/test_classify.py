@@ -190,7 +190,7 @@ def test_int8_is_cpu_only():
     import torch
 
     from bertgpt_cli.errors import UsageError
-    from bertgpt_cli.inference import quantize_int8
+    from bertgpt_cli.inference.loading import quantize_int8
 
     with pytest.raises(UsageError, match="CPU only"):
         quantize_int8(torch.nn.Linear(2, 2), torch.device("cuda"))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bertgpt_cli import __version__
-from bertgpt_cli.cli import app
+from bertgpt_cli.cli.app import app
 
 from .conftest import BGCLI, ROOT, interrupt_and_wait, start_interruptible
 
@@ -31,7 +31,7 @@ def heavy_modules_after(args: list[str]) -> list[str]:
     """Run `bgcli ARGS` in a fresh interpreter and list the heavy modules it imported."""
     code = (
         "import sys\n"
-        "from bertgpt_cli.cli import main\n"
+        "from bertgpt_cli.cli.app import main\n"
         f"main({args!r})\n"
         f"print('LOADED=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
@@ -148,7 +148,7 @@ def test_inference_commands_skip_teardown_but_flush_and_clean_up(tiny_classifier
     code = (
         "import atexit, pathlib, sys\n"
         f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
-        "from bertgpt_cli.cli import entry\n"
+        "from bertgpt_cli.cli.app import entry\n"
         "entry()\n"
     )
     args = ["classify", "-m", str(tiny_classifier_dir), "-i", str(source), "-f", "jsonl"]

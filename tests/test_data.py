@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bertgpt_cli.data import DataSpec, load_data, parse_data_spec, require_columns
 from bertgpt_cli.errors import BgcliError, UsageError
+from bertgpt_cli.io.data import DataSpec, load_data, parse_data_spec, require_columns
 
 ROWS = [{"text": "good film", "label": "pos"}, {"text": "bad, film", "label": "neg"}]
 

@@ -215,7 +215,7 @@ def test_reference_is_current():
 
 
 def test_reference_lists_every_flag():
-    from bertgpt_cli.cli import COMMAND_MODULES
+    from bertgpt_cli.cli.app import COMMAND_MODULES
     from bertgpt_cli.options import config_fields, flag_name
 
     reference = (ROOT / "docs" / "reference.md").read_text()

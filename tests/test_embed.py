@@ -38,7 +38,7 @@ def hidden_states(model_dir: Path, texts: list[str]):
 def test_minilm_equals_sentence_transformers(cli):
     from sentence_transformers import SentenceTransformer
 
-    from bertgpt_cli.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     reference = SentenceTransformer(str(BUILTIN_MODELS["minilm"].model_dir()), device="cpu").encode(TEXTS)
     result = cli(["embed", "-m", "minilm", "--batch-size", "2", *TEXTS])
@@ -194,7 +194,7 @@ def brute_force(model_dir: Path, queries: list[str]):
     """Cosine of every query with every corpus text, cls pooling, one text at a time."""
     import torch
 
-    from bertgpt_cli.embedding import pool
+    from bertgpt_cli.inference.embed import pool
 
     def embed(texts):
         return torch.stack(
@@ -214,7 +214,7 @@ def hits(stdout: str) -> list[dict]:
 
 
 def test_search_ranks_the_corpus_by_cosine(cli, bare_encoder_dir, corpus_file, monkeypatch):
-    import bertgpt_cli.search_index as search_index
+    import bertgpt_cli.inference.search as search_index
 
     monkeypatch.setattr(search_index, "SEARCH_CHUNK_ROWS", 3)  # several chunks, one running top-k
     queries = ["a boring film", CORPUS[7]]

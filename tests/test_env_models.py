@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bertgpt_cli.assets import BUILTIN_MODELS, COMMON_HUB_MODELS
+from bertgpt_cli.io.assets import BUILTIN_MODELS, COMMON_HUB_MODELS
 
 
 def test_env_json_reports_versions_devices_and_assets(cli):

@@ -222,7 +222,7 @@ def test_multi_label_is_scored_against_the_pipelines_label_sets(cli, tiny_multil
 
 
 def test_qa_equals_bgcli_qa_answers_scored_by_the_squad_metric(cli, tiny_qa_dir, tmp_path):
-    from bertgpt_cli.metrics import load_metric
+    from bertgpt_cli.training.metrics import load_metric
 
     context = "paris is the capital of france and london of england"
     questions = [("what is the capital of france", "paris"), ("and of england", "london")]

@@ -67,7 +67,7 @@ def test_int8_export_is_checked_and_runs(cli, exports, name):
 
 
 def test_a_fused_graph_that_drifts_from_pytorch_is_not_kept(cli, tiny_classifier_dir, tmp_path, monkeypatch):
-    from bertgpt_cli.commands import export
+    from bertgpt_cli.models import export
 
     compare = export.compare_with_pytorch
 
@@ -120,7 +120,7 @@ def test_export_writes_only_new_folders_or_its_own(cli, tiny_classifier_dir, tmp
 
 
 def test_a_copied_export_without_onnxruntime_says_what_to_install(cli, exports, tmp_path, monkeypatch):
-    import bertgpt_cli.onnx_model as onnx_model
+    import bertgpt_cli.models.onnx as onnx_model
 
     monkeypatch.setattr(onnx_model, "onnxruntime_version", lambda: None)
     copy = tmp_path / "copy"

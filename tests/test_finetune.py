@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bertgpt_cli.commands.finetune import FinetuneConfig
-from bertgpt_cli.recipes import PACKAGE_RECIPES, find_recipe, read_recipe, validate_keys
+from bertgpt_cli.training.finetune import FinetuneConfig
+from bertgpt_cli.training.recipes import PACKAGE_RECIPES, find_recipe, read_recipe, validate_keys
 
 POSITIVE = ["great film", "wonderful acting", "loved it", "a fun and charming comedy", "the best picture"]
 NEGATIVE = ["boring plot", "terrible film", "dull and predictable", "bad acting", "i want my money back"]
@@ -96,7 +96,7 @@ def test_run_dir_holds_model_report_and_config(finished_run):
     assert config["id2label"] == {"0": "neg", "1": "pos"}  # real names, sorted
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"train", "eval", "test", "run"} <= set(metrics)
-    from bertgpt_cli.devices import cpu_bf16_units
+    from bertgpt_cli.models.devices import cpu_bf16_units
 
     expected_precision = "bf16" if cpu_bf16_units() else "fp32"  # auto on a CPU
     assert metrics["run"]["world_size"] == 1 and metrics["run"]["precision"] == expected_precision
@@ -175,7 +175,7 @@ def _labelled(labels, names=None):
 
 
 def _encoded(train, split, label_names=None):
-    from bertgpt_cli.tasks.classification import encode_labels, label_set
+    from bertgpt_cli.training.tasks.classification import encode_labels, label_set
 
     labels = label_set(train, "label", label_names)
     return labels, encode_labels(split, labels, "label", "test")["labels"]
@@ -276,8 +276,8 @@ def test_flags_override_the_recipe(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(PACKAGE_RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_is_valid(path):
-    from bertgpt_cli.commands.pretrain import PretrainConfig
-    from bertgpt_cli.recipes import recipe_command
+    from bertgpt_cli.training.pretrain import PretrainConfig
+    from bertgpt_cli.training.recipes import recipe_command
 
     data = read_recipe(path)
     command = recipe_command(data)
@@ -480,7 +480,7 @@ def test_class_weights_are_inverse_frequency(tiny_bert_dir):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from bertgpt_cli.tasks import ClassificationTask, LabelSet
+    from bertgpt_cli.training.tasks import ClassificationTask, LabelSet
 
     task = ClassificationTask(FinetuneConfig(train_data="x"), AutoTokenizer.from_pretrained(tiny_bert_dir))
     task.labels = LabelSet(["a", "b"])
@@ -492,7 +492,7 @@ def test_cpu_training_with_attention_dropout_uses_eager_attention(tiny_bert_dir,
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from bertgpt_cli.training import eager_attention_for_cpu_dropout
+    from bertgpt_cli.training.engine import eager_attention_for_cpu_dropout
 
     def bert():
         model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
@@ -519,7 +519,7 @@ def test_the_ddp_wrapper_is_freed_before_the_group_is_torn_down():
     hung (a 2-process test, rank 1 in ~ProcessGroupGloo) or aborted (CI)."""
     from types import SimpleNamespace
 
-    from bertgpt_cli.training import leave_process_group
+    from bertgpt_cli.training.engine import leave_process_group
 
     events = []
     model, wrapped = object(), object()
@@ -590,7 +590,7 @@ def test_two_processes_really_run_and_only_rank_0_writes(tiny_bert_dir, reviews,
 
 RSS_AFTER_FREE = """
 import sys
-from bertgpt_cli.devices import reuse_freed_memory
+from bertgpt_cli.models.devices import reuse_freed_memory
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == "reuse":
@@ -620,9 +620,9 @@ def test_training_keeps_freed_memory_for_reuse():
 def test_model_card_names_the_eval_data_or_none():
     from types import SimpleNamespace
 
-    from bertgpt_cli.commands.finetune import FinetuneConfig
-    from bertgpt_cli.run_report import model_card
-    from bertgpt_cli.tasks.classification import ClassificationTask
+    from bertgpt_cli.training.finetune import FinetuneConfig
+    from bertgpt_cli.training.run_report import model_card
+    from bertgpt_cli.training.tasks.classification import ClassificationTask
 
     task = ClassificationTask.__new__(ClassificationTask)
     task.labels = SimpleNamespace(names=["neg", "pos"])

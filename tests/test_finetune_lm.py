@@ -51,7 +51,7 @@ def lm_finetune(cli, task: str, model_dir: Path, data: Path, out: Path, *extra: 
 
 
 def lm_config(**overrides):
-    from bertgpt_cli.commands.finetune import FinetuneConfig
+    from bertgpt_cli.training.finetune import FinetuneConfig
 
     values = {"train_data": "x", **overrides}
     return FinetuneConfig(**values)
@@ -123,8 +123,8 @@ def test_masked_positions_loss_equals_the_stock_model_loss(tiny_bert_dir):
     import torch
     from transformers import AutoModelForMaskedLM
 
-    from bertgpt_cli.model_resolution import resolve_model
-    from bertgpt_cli.tasks import MaskedLMTask
+    from bertgpt_cli.models.resolution import resolve_model
+    from bertgpt_cli.training.tasks import MaskedLMTask
 
     tokenizer = tokenizer_of(tiny_bert_dir)
     task = MaskedLMTask(lm_config(task="mlm", model=str(tiny_bert_dir)), tokenizer)
@@ -144,7 +144,7 @@ def test_masked_positions_loss_equals_the_stock_model_loss(tiny_bert_dir):
 def test_eval_masks_are_fixed_and_packing_keeps_every_token(tiny_bert_dir):
     from datasets import Dataset
 
-    from bertgpt_cli.tasks import MaskedLMTask
+    from bertgpt_cli.training.tasks import MaskedLMTask
 
     tokenizer = tokenizer_of(tiny_bert_dir)
     task = MaskedLMTask(lm_config(task="mlm", block_size=16), tokenizer)
@@ -165,8 +165,8 @@ def test_eval_masks_are_fixed_and_packing_keeps_every_token(tiny_bert_dir):
 def test_tokenization_cache_does_not_depend_on_unrelated_flags(task_name, request, texts_file):
     """datasets keys its map cache on a hash of the function: a second run with another
     --output or --lr must reuse the tokenized files, not tokenize the corpus again."""
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.tasks import TASKS
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.training.tasks import TASKS
 
     model_dir = request.getfixturevalue("tiny_gpt2_dir" if task_name == "clm" else "tiny_bert_dir")
     tokenizer = tokenizer_of(model_dir)
@@ -186,7 +186,7 @@ def test_whole_word_masks_and_unpacked_eval_rows(tiny_bert_dir):
     eval rows keep their own lengths and are masked one by one."""
     from datasets import Dataset
 
-    from bertgpt_cli.tasks import MaskedLMTask
+    from bertgpt_cli.training.tasks import MaskedLMTask
 
     tokenizer = tokenizer_of(tiny_bert_dir)
     long_words = [f"{t} unbelievably extraordinary performances" for t in TEXTS]
@@ -269,7 +269,7 @@ def test_clm_eval_loss_is_the_exact_token_average(tiny_gpt2_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bertgpt_cli.tasks import CausalLMTask
+    from bertgpt_cli.training.tasks import CausalLMTask
 
     tokenizer = tokenizer_of(tiny_gpt2_dir)
     task = CausalLMTask(lm_config(task="clm", packing=False), tokenizer)
@@ -293,7 +293,7 @@ def test_chunked_cross_entropy_equals_the_stock_one_values_and_gradients(dtype, 
     import torch
     import torch.nn.functional as F
 
-    from bertgpt_cli.tasks import token_loss
+    from bertgpt_cli.training.tasks import token_loss
 
     monkeypatch.setattr(token_loss, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows per chunk: 4 chunks
     torch.manual_seed(0)
@@ -319,7 +319,7 @@ def test_clm_training_loss_equals_the_stock_model_loss(tiny_gpt2_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bertgpt_cli.tasks import CausalLMTask
+    from bertgpt_cli.training.tasks import CausalLMTask
 
     tokenizer = tokenizer_of(tiny_gpt2_dir)
     task = CausalLMTask(lm_config(task="clm", packing=False), tokenizer)
@@ -338,7 +338,7 @@ def test_clm_training_loss_equals_the_stock_model_loss(tiny_gpt2_dir):
 
 
 def test_clm_labels_mask_padding_but_keep_eos(tiny_gpt2_dir):
-    from bertgpt_cli.tasks import CausalLMTask
+    from bertgpt_cli.training.tasks import CausalLMTask
 
     tokenizer = tokenizer_of(tiny_gpt2_dir)
     assert tokenizer.pad_token is None
@@ -358,7 +358,7 @@ def test_clm_labels_mask_padding_but_keep_eos(tiny_gpt2_dir):
 def test_clm_packing_joins_texts_with_eos(tiny_gpt2_dir):
     from datasets import Dataset
 
-    from bertgpt_cli.tasks import CausalLMTask
+    from bertgpt_cli.training.tasks import CausalLMTask
 
     tokenizer = tokenizer_of(tiny_gpt2_dir)
     task = CausalLMTask(lm_config(task="clm", block_size=8), tokenizer)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertgpt_cli.commands.finetune import FinetuneConfig
+from bertgpt_cli.training.finetune import FinetuneConfig
 
 # Each keyword (a whole word in the tiny test vocabulary) brings its genre; a row may have
 # none, one or several.
@@ -135,7 +135,7 @@ def test_classify_gives_the_label_sets_of_a_multi_label_run(cli, multi_label_run
 def test_multi_label_label_sets_from_lists_and_text():
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-    from bertgpt_cli.tasks import MultiLabelClassificationTask
+    from bertgpt_cli.training.tasks import MultiLabelClassificationTask
 
     config = FinetuneConfig(train_data="x", label_column="tags", multi_label=True, label_separator=";")
     task = MultiLabelClassificationTask(config, tokenizer=None)
@@ -171,7 +171,7 @@ def test_multi_label_class_weights_are_negatives_over_positives(
 ):
     from datasets import Dataset
 
-    from bertgpt_cli.tasks import LabelSet, MultiLabelClassificationTask
+    from bertgpt_cli.training.tasks import LabelSet, MultiLabelClassificationTask
 
     task = MultiLabelClassificationTask(FinetuneConfig(train_data="x", multi_label=True), tokenizer=None)
     task.labels = LabelSet(["a", "b"])

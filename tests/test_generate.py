@@ -128,7 +128,7 @@ def test_long_prompts_keep_their_last_tokens(cli, tiny_gpt2_dir):
 
 @pytest.mark.assets
 def test_smollm2_batched_equals_alone_and_chat_works(cli):
-    from bertgpt_cli.assets import BUILTIN_MODELS
+    from bertgpt_cli.io.assets import BUILTIN_MODELS
 
     prompts = ["The capital of France is", "def add(a, b):", "My favourite film is", "Once upon a time"]
     result = cli(["generate", "-m", "smollm2", "--max-new-tokens", "16", "--batch-size", "4", *prompts])

@@ -7,7 +7,7 @@ import random
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from bertgpt_cli.metrics import ClassificationMetrics, load_metric
+from bertgpt_cli.training.metrics import ClassificationMetrics, load_metric
 
 
 def test_macro_metrics_equal_sklearn():

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bertgpt_cli.errors import BgcliError, UsageError
-from bertgpt_cli.model_resolution import load_model, resolve_model
+from bertgpt_cli.models.resolution import load_model, resolve_model
 
 from .conftest import BGCLI, ROOT
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from bertgpt_cli.errors import UsageError
-from bertgpt_cli.tagging import (
+from bertgpt_cli.io.tagging import (
     detect_scheme,
     ordered_labels,
     read_conll,
@@ -83,7 +83,7 @@ def test_spans_become_word_tags_through_the_tokenizer_offsets(tiny_ner_dir):
 
 
 def test_conll2003_builtin_has_the_standard_splits():
-    from bertgpt_cli.data import load_data
+    from bertgpt_cli.io.data import load_data
 
     sizes = {split: len(load_data(f"conll2003@{split}")) for split in ("train", "validation", "test")}
     assert sizes == {"train": 14041, "validation": 3250, "test": 3453}
@@ -95,7 +95,7 @@ def test_conll2003_builtin_has_the_standard_splits():
 def test_entity_metrics_equal_seqeval_classification_report():
     from seqeval.metrics import accuracy_score, classification_report
 
-    from bertgpt_cli.metrics import EntityMetrics
+    from bertgpt_cli.training.metrics import EntityMetrics
 
     rng = random.Random(0)
     tags = ["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG"]
@@ -311,10 +311,10 @@ def _recomputed_eval_f1(folder, tokenizer_dir) -> float:
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from bertgpt_cli.commands.finetune import FinetuneConfig
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.metrics import EntityMetrics
-    from bertgpt_cli.tasks import NerTask
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.training.finetune import FinetuneConfig
+    from bertgpt_cli.training.metrics import EntityMetrics
+    from bertgpt_cli.training.tasks import NerTask
 
     config = FinetuneConfig(task="ner", train_data=str(folder / "train.iob"), max_length=16)
     task = NerTask(config, AutoTokenizer.from_pretrained(tokenizer_dir))
@@ -334,9 +334,9 @@ def test_long_eval_sentences_count_every_gold_entity(tiny_bert_dir, ner_files):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from bertgpt_cli.commands.finetune import FinetuneConfig
-    from bertgpt_cli.data import load_data
-    from bertgpt_cli.tasks import NerTask
+    from bertgpt_cli.io.data import load_data
+    from bertgpt_cli.training.finetune import FinetuneConfig
+    from bertgpt_cli.training.tasks import NerTask
 
     folder = ner_files
     config = FinetuneConfig(task="ner", train_data=str(folder / "train.iob"), max_length=16)
@@ -392,8 +392,8 @@ def test_ner_flags_are_refused_for_other_tasks(cli):
 def _prepared(tokenizer_dir, train, **flags):
     from transformers import AutoTokenizer
 
-    from bertgpt_cli.commands.finetune import FinetuneConfig
-    from bertgpt_cli.tasks import NerTask
+    from bertgpt_cli.training.finetune import FinetuneConfig
+    from bertgpt_cli.training.tasks import NerTask
 
     task = NerTask(
         FinetuneConfig(task="ner", train_data="train", **flags), AutoTokenizer.from_pretrained(tokenizer_dir)

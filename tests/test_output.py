@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bertgpt_cli.output import RecordWriter, resolve_format
+from bertgpt_cli.io.output import RecordWriter, resolve_format
 
 RECORDS = [
     {"text": "a\tb", "score": 0.5, "tags": ["x", "y"]},
@@ -22,9 +22,9 @@ def write_all(fmt, capsys, **kwargs):
 
 
 def test_default_is_jsonl_when_piped_and_table_on_a_terminal(monkeypatch):
-    monkeypatch.setattr("bertgpt_cli.output.stdout_is_terminal", lambda: False)
+    monkeypatch.setattr("bertgpt_cli.io.output.stdout_is_terminal", lambda: False)
     assert resolve_format(None) == "jsonl"
-    monkeypatch.setattr("bertgpt_cli.output.stdout_is_terminal", lambda: True)
+    monkeypatch.setattr("bertgpt_cli.io.output.stdout_is_terminal", lambda: True)
     assert resolve_format(None) == "table"
     assert resolve_format("tsv") == "tsv"
 

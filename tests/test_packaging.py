@@ -51,7 +51,10 @@ def test_installed_wheel_finds_its_recipes(wheel, tmp_path):
     )
     # run from elsewhere with the installed copy first on the path, not this checkout
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = "import bertgpt_cli.recipes as r; print(r.PACKAGE_RECIPES); print(','.join(r.recipe_names()))"
+    code = (
+        "import bertgpt_cli.training.recipes as r; print(r.PACKAGE_RECIPES); "
+        "print(','.join(r.recipe_names()))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )

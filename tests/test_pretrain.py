@@ -64,7 +64,7 @@ def test_wordpiece_tokenizer_loads_with_berts_special_tokens_and_splits_cjk(cli,
 
 
 def test_unknown_rate_and_tokens_per_word_count_held_out_records(tmp_path):
-    from bertgpt_cli.tokenizer_training import held_out_scores
+    from bertgpt_cli.training.tokenizer_training import held_out_scores
 
     from .conftest import _wordpiece_tokenizer
 
@@ -123,7 +123,7 @@ def sentence_documents(count: int = 40) -> list[list[list[int]]]:
 
 
 def test_nsp_pairs_follow_the_bert_recipe():
-    from bertgpt_cli.tasks.next_sentence import document_pairs
+    from bertgpt_cli.training.tasks.next_sentence import document_pairs
 
     documents = sentence_documents()
     pairs = list(document_pairs(documents, 29, random.Random(1)))
@@ -141,7 +141,7 @@ def test_nsp_pairs_follow_the_bert_recipe():
 
 
 def test_nsp_examples_have_segments_special_tokens_and_labels(tiny_bert_dir):
-    from bertgpt_cli.tasks.next_sentence import MaskedLMWithNspTask
+    from bertgpt_cli.training.tasks.next_sentence import MaskedLMWithNspTask
 
     from .test_finetune_lm import lm_config, tokenizer_of
 
@@ -214,7 +214,7 @@ def test_model_flops_count_each_weight_once_and_the_projection_by_share():
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from bertgpt_cli.flops import model_flops_per_token
+    from bertgpt_cli.training.flops import model_flops_per_token
 
     model = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
                                        num_attention_heads=2, intermediate_size=32))  # fmt: skip
@@ -293,7 +293,7 @@ def test_pretrain_with_a_given_tokenizer_and_plain_mlm(cli, documents_file, tmp_
 
 
 def test_text_files_hold_one_document_per_paragraph(tmp_path):
-    from bertgpt_cli.data import load_data
+    from bertgpt_cli.io.data import load_data
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("First one. Still first.\nAnd more.\n\nSecond document here.\n")
@@ -358,7 +358,7 @@ def test_a_killed_pretraining_run_resumes_to_the_same_final_metrics(cli, documen
 def test_size_presets_state_their_parameter_counts():
     from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
-    from bertgpt_cli.pretraining import SIZES
+    from bertgpt_cli.training.from_scratch import SIZES
 
     size = SIZES["mini"]
     bert = BertModel(BertConfig(vocab_size=10, hidden_size=size.hidden, num_hidden_layers=size.layers,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bertgpt_cli.errors import UsageError
-from bertgpt_cli.records import (
+from bertgpt_cli.io.records import (
     InputRecord,
     PausableLines,
     RecordError,
@@ -138,7 +138,7 @@ def test_run_stream_keeps_input_order_and_bounded_windows():
 
 
 def test_stdin_on_a_terminal_without_texts_is_a_usage_error(monkeypatch):
-    monkeypatch.setattr("bertgpt_cli.records._stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("bertgpt_cli.io.records._stdin_is_terminal", lambda: True)
     with pytest.raises(UsageError, match="no input"):
         read_input_records([], None)
 

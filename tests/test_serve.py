@@ -241,7 +241,7 @@ def test_a_server_that_is_down_or_lacks_the_model_is_one_line(cli, server, tiny_
 
 def test_the_client_path_imports_no_torch(server):
     code = (
-        "import sys\nfrom bertgpt_cli.cli import main\n"
+        "import sys\nfrom bertgpt_cli.cli.app import main\n"
         f"code = main(['classify', '--server', '{server.url}', '-m', 'rt', 'a fine film'])\n"
         "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy), code)"

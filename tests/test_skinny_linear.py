@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bertgpt_cli import skinny_linear
+from bertgpt_cli.models import skinny_linear
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +119,7 @@ def test_generate_gives_the_same_tokens_as_stock_generate(tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bertgpt_cli.commands.generate import GenerateConfig, Generator
+    from bertgpt_cli.inference.generate import GenerateConfig, Generator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir, padding_side="left")
     tokenizer.pad_token = tokenizer.eos_token

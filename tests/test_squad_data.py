@@ -9,7 +9,7 @@ import pytest
 
 
 def test_builtin_squad_has_the_official_sizes_and_the_hub_layout():
-    from bertgpt_cli.data import load_data
+    from bertgpt_cli.io.data import load_data
 
     dev = load_data("squad@validation")
     assert len(dev) == 10570 and len(load_data("squad@train")) == 87599
@@ -20,7 +20,7 @@ def test_builtin_squad_has_the_official_sizes_and_the_hub_layout():
 
 
 def test_squad_v2_files_are_detected_and_flattened(tmp_path):
-    from bertgpt_cli.data import load_data
+    from bertgpt_cli.io.data import load_data
 
     context = "Paris is the capital of France."
     qas = [
@@ -41,7 +41,7 @@ def test_squad_v2_files_are_detected_and_flattened(tmp_path):
 
 
 def test_squad_metric_scores_as_the_official_script_defines():
-    from bertgpt_cli.metrics import load_metric
+    from bertgpt_cli.training.metrics import load_metric
 
     metric = load_metric("squad")
     references = [
@@ -61,7 +61,7 @@ def test_squad_metric_scores_as_the_official_script_defines():
 
 
 def test_squad_v2_metric_splits_has_answer_and_no_answer():
-    from bertgpt_cli.metrics import load_metric
+    from bertgpt_cli.training.metrics import load_metric
 
     metric = load_metric("squad_v2")
     references = [

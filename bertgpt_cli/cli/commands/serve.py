@@ -1,0 +1,136 @@
+"""`bgcli serve`: warm models behind an HTTP API (FastAPI + uvicorn), OpenAI-compatible for
+generation and embeddings, plus the CLI's commands as task endpoints; the inference
+commands' `--server URL` sends their records here instead of loading a model."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ...errors import UsageError
+from ...inference.loading import PRECISIONS
+from ...io.console import info
+from ...options import OutputOptions, option
+
+NAME = "serve"
+HELP = "Serve models over HTTP: OpenAI-compatible completions/chat/embeddings and the CLI's task endpoints."
+PANEL = "Server"
+EXAMPLES = (
+    "bgcli serve -m rt=runs/rt -m minilm -m smollm2 --preload",
+    "echo 'a gorgeous, witty movie' | bgcli classify --server http://127.0.0.1:8765 -m rt",
+    'curl -s localhost:8765/v1/classify -d \'{"model": "rt", "text": "dull"}\'',
+)
+
+
+@dataclass
+class ServeConfig(OutputOptions):
+    models: list[str] = option(
+        [],
+        "A model to serve as NAME=MODEL (run dir, Hub id or alias), or just an alias; repeatable. "
+        "Clients name it in their requests (and in `-m` with --server).",
+        short="-m",
+        flag="--model",
+        metavar="NAME=MODEL",
+        panel=PANEL,
+    )
+    host: str = option("127.0.0.1", "Address to bind (other than loopback needs --api-key).", panel=PANEL)
+    port: int = option(8765, "Port to listen on.", panel=PANEL, ge=0, le=65535)
+    preload: bool = option(False, "Load every model at start instead of on first use.", panel=PANEL)
+    api_key: str | None = option(
+        None, "Require `Authorization: Bearer KEY` (default: $BGCLI_API_KEY).", panel=PANEL, metavar="KEY"
+    )
+    batch_wait_ms: float = option(
+        5.0, "How long a request waits for others to share its batch.", panel="Batching", ge=0, le=1000
+    )
+    max_batch: int = option(64, "Most records in one batch across requests.", panel="Batching", ge=1)
+    max_queue: int = option(
+        1024, "Most records waiting per model; beyond it requests get 503.", panel="Batching", ge=1
+    )
+    max_body_mb: float = option(8.0, "Largest request body.", panel=PANEL, gt=0)
+    request_timeout: float = option(300.0, "Seconds a request may wait and run.", panel=PANEL, gt=0)
+    batch_size: int = option(32, "Texts per forward pass.", panel="Speed", ge=1)
+    device: str = option("auto", "auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps.", panel="Speed")
+    precision: str = option(
+        "auto", "Weights dtype (auto: fp32 on a CPU, bf16 on a GPU).", choices=PRECISIONS, panel="Speed"
+    )
+    offline: bool = option(False, "Never touch the network: local dirs and the HF cache only.", panel="Model")
+    trust_remote_code: bool = option(False, "Allow running model code from the Hub.", panel="Model")
+
+
+CONFIG = ServeConfig
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(config: ServeConfig) -> None:
+    import os
+
+    from ...serving.batcher import ServeSettings, parse_model_specs
+
+    specs = parse_model_specs(config.models)
+    api_key = config.api_key or os.environ.get("BGCLI_API_KEY")
+    if not api_key and not is_loopback(config.host):
+        raise UsageError(f"--host {config.host} is reachable from other machines: pass --api-key KEY")
+    settings = ServeSettings(
+        batch_size=config.batch_size,
+        device=config.device,
+        precision=config.precision,
+        offline=config.offline,
+        trust_remote_code=config.trust_remote_code,
+        batch_wait_ms=config.batch_wait_ms,
+        max_batch=config.max_batch,
+        max_queue=config.max_queue,
+    )
+    import uvicorn
+
+    from ...serving.app import Server, create_app
+
+    server = Server(
+        specs, settings, api_key, int(config.max_body_mb * 2**20), config.request_timeout, config.quiet
+    )
+    if config.preload:
+        preload(server)
+    info(f"serving {', '.join(f'{n}={s}' for n, s in specs.items())} on http://{config.host}:{config.port}")
+    uvicorn.run(
+        create_app(server),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def preload(server) -> None:
+    """Load each model for the command its head is for (a classifier for classify...)."""
+    from ...models.resolution import load_config, resolve_model
+    from ...serving.batcher import command_config
+    from ...training.evaluation import detect_task
+
+    for name, served in server.models.items():
+        resolved = resolve_model(served.spec, offline=served.settings.offline)
+        try:
+            task = detect_task(load_config(resolved), {})
+        except UsageError:
+            task = "embed"  # a bare encoder: embeddings
+        command = {"classification": "classify", "mlm": "fill-mask", "clm": "generate"}.get(task, task)
+        info(f"loading {name} ({served.spec}) for {command}")
+        if command == "embed":
+            from ...inference.embed import load_embedder
+            from .embed import EmbedConfig
+
+            config = EmbedConfig(**served.base_values())
+            served.load("embed", lambda config=config: load_embedder(config))
+            continue
+        from ...serving.app import task_module
+
+        module = task_module(command)
+        config = command_config(module, served, {})
+        served.load(command, lambda module=module, config=config: module.load(config))

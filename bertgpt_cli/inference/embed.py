@@ -1,0 +1,283 @@
+"""Sentence and token embeddings, shared by `bgcli embed` and `bgcli search`.
+
+A sentence-transformers model dir (modules.json + 1_Pooling/) says how its vectors are made:
+which pooling, whether they are normalised, how many tokens it reads. That is the default
+here, so `bgcli embed -m minilm` gives the vectors `SentenceTransformer(minilm).encode` does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..io.console import warn
+from ..options import option
+from .loading import load_for_inference, model_max_length, process_sorted
+
+POOLINGS = ("auto", "cls", "mean", "max", "last", "tokens")
+
+# sentence-transformers' Pooling config keys -> our pooling names.
+ST_POOLING_MODES = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "last",
+}
+
+
+PANEL = "Embeddings"
+
+
+@dataclass
+class EmbeddingOptions:
+    """How texts become vectors; shared by `embed` and `search`."""
+
+    pooling: str = option(
+        "auto",
+        "How token vectors become one vector: cls, mean, max, last (decoders), or tokens (one vector "
+        "per token, with character offsets). auto: the model's sentence-transformers pooling, else cls.",
+        choices=POOLINGS,
+        panel=PANEL,
+    )
+    normalize: bool | None = option(
+        None,
+        "Scale vectors to length 1 (cosine = dot product). Default: as the model's "
+        "sentence-transformers config says (minilm: yes), else no.",
+        panel=PANEL,
+    )
+    max_length: int | None = option(
+        None,
+        "Tokens read per text; longer texts are truncated (with a warning). "
+        "Default: the model's sentence-transformers limit (minilm: 256), else its maximum.",
+        panel=PANEL,
+        ge=2,
+    )
+
+
+@dataclass
+class PoolingSetup:
+    """How vectors are made: the pooling, normalisation and token limit actually used."""
+
+    pooling: str
+    normalize: bool
+    max_length: int | None  # the model's own sentence-transformers limit, if it has one
+    source: str  # "sentence-transformers config" or "default", shown in logs and saved indexes
+
+    def describe(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize, "pooling_source": self.source}
+
+
+def model_file(resolved, name: str) -> Path | None:
+    """A file of the model (local dir or Hub cache), or None when it has none."""
+    folder = Path(resolved.location)
+    if folder.is_dir():
+        path = folder / name
+        return path if path.is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(
+            resolved.location,
+            name,
+            revision=resolved.revision,
+            local_files_only=resolved.local_files_only,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except OSError:
+        return None
+    return Path(found) if found else None
+
+
+def _read_json(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def sentence_transformers_setup(resolved) -> PoolingSetup | None:
+    """The pooling a sentence-transformers model dir declares, or None for a plain model."""
+    modules = _read_json(model_file(resolved, "modules.json"))
+    if not isinstance(modules, list):
+        return None
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+    pooling_module = kinds.get("Pooling")
+    if pooling_module is None:
+        return None
+    pooling_config = _read_json(
+        model_file(resolved, f"{pooling_module.get('path', '1_Pooling')}/config.json")
+    )
+    chosen = [name for key, name in ST_POOLING_MODES.items() if (pooling_config or {}).get(key)]
+    unsupported = [
+        key
+        for key, value in (pooling_config or {}).items()
+        if key.startswith("pooling_mode_") and value and key not in ST_POOLING_MODES
+    ]
+    if len(chosen) != 1 or unsupported:
+        warn(
+            f"model '{resolved.spec}' pools with {', '.join(chosen + unsupported) or 'an unknown mode'}; "
+            "bgcli uses mean pooling instead: pass --pooling to choose"
+        )
+        chosen = ["mean"]
+    extra = sorted(set(kinds) - {"Transformer", "Pooling", "Normalize"})
+    if extra:
+        warn(
+            f"model '{resolved.spec}' has sentence-transformers modules bgcli does not apply "
+            f"({', '.join(extra)}): vectors differ from SentenceTransformer.encode"
+        )
+    limit = (_read_json(model_file(resolved, "sentence_bert_config.json")) or {}).get("max_seq_length")
+    return PoolingSetup(
+        pooling=chosen[0],
+        normalize="Normalize" in kinds,
+        max_length=limit if isinstance(limit, int) and limit > 0 else None,
+        source="sentence-transformers config",
+    )
+
+
+def pooling_setup(resolved, pooling: str, normalize: bool | None) -> PoolingSetup:
+    """--pooling / --normalize over the model's own setup; `auto` = the model's, else cls."""
+    own = sentence_transformers_setup(resolved)
+    if pooling == "auto":
+        setup = own or PoolingSetup("cls", False, None, "default: the model has no pooling config")
+    else:
+        setup = PoolingSetup(pooling, False, own.max_length if own else None, "--pooling")
+    if normalize is not None:
+        setup.normalize = normalize
+    return setup
+
+
+def check_pooling_flags(pooling: str, output: str | None) -> None:
+    if pooling == "tokens" and output:
+        raise UsageError(
+            "--pooling tokens gives a vector per token, written as JSON Lines; --output files hold "
+            "one vector per text: drop --output, or choose a sentence pooling"
+        )
+
+
+class Embedder:
+    """Batched forward passes of the bare encoder (or decoder) and the chosen pooling."""
+
+    def __init__(self, model, tokenizer, setup: PoolingSetup, max_length: int | None, batch_size: int):
+        self.model, self.tokenizer, self.setup = model, tokenizer, setup
+        limit = model_max_length(tokenizer, model)
+        wanted = [n for n in (max_length, setup.max_length) if n]
+        self.limit = min([limit, *wanted[:1]])  # --max-length wins over the model's own limit
+        self.batch_size = batch_size
+        self.truncation_warned = False
+        if tokenizer.pad_token is None:  # GPT-style tokenizers: padding is masked out anyway
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.dimension = int(model.config.hidden_size)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, truncation=False)["input_ids"]
+        if any(len(ids) > self.limit for ids in encoded) and not self.truncation_warned:
+            warn(f"texts longer than {self.limit} tokens are truncated (as sentence-transformers does)")
+            self.truncation_warned = True
+        return [min(len(ids), self.limit) for ids in encoded]
+
+    def encode(self, texts: list[str]):
+        """One float32 vector per text (a numpy array of shape [len(texts), dimension])."""
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        rows = process_sorted(
+            self.token_lengths(texts), self.batch_size, lambda batch: self._pooled([texts[i] for i in batch])
+        )
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _forward(self, texts: list[str], **extra):
+        import torch
+
+        inputs = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt", **extra
+        )
+        offsets = inputs.pop("offset_mapping", None)
+        special = inputs.pop("special_tokens_mask", None)
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state.float()
+        return hidden, inputs["attention_mask"], offsets, special
+
+    def _pooled(self, texts: list[str]) -> list:
+        hidden, mask, _, _ = self._forward(texts)
+        vectors = pool(hidden, mask, self.setup.pooling)
+        if self.setup.normalize:
+            import torch
+
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return list(vectors.cpu().numpy())
+
+    def token_vectors(self, texts: list[str]) -> list[list[dict]]:
+        """Per text: each real (non-special) token with its character offsets and its vector."""
+        if not self.tokenizer.is_fast:
+            raise UsageError("--pooling tokens needs a fast tokenizer (tokenizer.json) for the offsets")
+        self.token_lengths(texts)
+        hidden, mask, offsets, special = self._forward(
+            texts, return_offsets_mapping=True, return_special_tokens_mask=True
+        )
+        if self.setup.normalize:
+            import torch
+
+            hidden = torch.nn.functional.normalize(hidden, p=2, dim=2)
+        results = []
+        for row, text in enumerate(texts):
+            tokens = []
+            for position in range(int(mask[row].sum())):
+                if special[row, position]:
+                    continue
+                start, end = (int(x) for x in offsets[row, position])
+                tokens.append(
+                    {"token": text[start:end], "start": start, "end": end, "embedding": hidden[row, position]}
+                )
+            results.append(tokens)
+        return results
+
+
+def pool(hidden, mask, pooling: str):
+    """[batch, tokens, dim] -> [batch, dim], padding ignored (right padding assumed)."""
+    import torch
+
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        last = mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "max":
+        return hidden.masked_fill(weights == 0, float("-inf")).max(dim=1).values
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def load_embedder(config, resolved=None) -> Embedder:
+    """The model as a bare encoder (a classifier's or QA model's head is left out) + its pooling."""
+    from transformers import AutoModel
+
+    from ..models.resolution import resolve_model_options
+
+    resolved = resolved or resolve_model_options(config)
+    setup = pooling_setup(resolved, config.pooling, config.normalize)
+    model, tokenizer = load_for_inference(
+        config,
+        config,
+        AutoModel,
+        "embeddings",
+        tokenizer_kwargs={"padding_side": "right"},
+        ignore_missing=("pooler.",),
+        resolved=resolved,
+    )
+    return Embedder(model, tokenizer, setup, config.max_length, config.batch_size)
+
+
+def model_identity(resolved) -> dict[str, Any]:
+    """What an index records about its model, to refuse a search with another one: the alias,
+    the model dir's absolute path, or the Hub id and revision."""
+    if resolved.source == "local":
+        return {"model": str(Path(resolved.location).resolve()), "revision": None}
+    return {"model": resolved.spec, "revision": resolved.revision}

@@ -1,5 +1,0 @@
-"""Local `evaluate` module: works offline, same output as the Hub's (via scikit-learn)."""
-
-from bertgpt_cli.metrics.sklearn_metric import sklearn_metric
-
-Recall = sklearn_metric("recall", "recall_score", averaged=True)

@@ -1,0 +1,500 @@
+"""`bgcli serve`'s HTTP layer (FastAPI): OpenAI-compatible completions, chat and embeddings,
+and the CLI's own commands as task endpoints whose records equal the CLI's JSONL.
+
+Every user mistake is a 4xx in OpenAI's error shape with one line; overload is a 503 with
+Retry-After; one access line per request goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..errors import BgcliError, first_line
+from ..io.records import RecordError
+from .batcher import (
+    Batcher,
+    Overloaded,
+    ServedModel,
+    ServeSettings,
+    UnknownModel,
+    command_config,
+    input_records,
+    options_key,
+    output_records,
+)
+
+TASKS = ("classify", "fill-mask", "ner", "qa", "generate")
+
+
+def task_module(command: str):
+    from ..inference import classify, fill_mask, generate, ner, qa
+
+    return {"classify": classify, "fill-mask": fill_mask, "ner": ner, "qa": qa, "generate": generate}[command]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+
+def error_body(message: str, kind: str) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+class Server:
+    """The registry of served models and their batchers, shared by every request."""
+
+    def __init__(
+        self,
+        specs: dict[str, str],
+        settings: ServeSettings,
+        api_key: str | None,
+        max_body_bytes: int,
+        request_timeout_s: float,
+        quiet: bool,
+    ) -> None:
+        self.models = {name: ServedModel(name, spec, settings) for name, spec in specs.items()}
+        self.settings = settings
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout_s = request_timeout_s
+        self.quiet = quiet
+        self.batchers: dict[tuple, Batcher] = {}
+        self.configs: dict[tuple, Any] = {}  # (model, command, options) -> the command's config
+
+    def config(self, module, served: ServedModel, options: dict):
+        """The command's config for these options, built and checked once per distinct request."""
+        key = (served.name, module.NAME, options_key(options))
+        if key not in self.configs:
+            self.configs[key] = command_config(module, served, options)
+        return self.configs[key]
+
+    def model(self, name: Any) -> ServedModel:
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, 'pass "model": the name of one of the served models (GET /v1/models)')
+        if name not in self.models:
+            raise ApiError(404, f"no model '{name}' is served here (served: {', '.join(self.models)})")
+        return self.models[name]
+
+    async def loaded(self, served: ServedModel, key: str, make):
+        if key in served.loaded:  # warm: no trip through the worker thread (busy with a batch)
+            return served.loaded[key]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(served.worker, served.load, key, make)
+
+    def batcher(self, served: ServedModel, key: tuple, make_processor) -> Batcher:
+        if key not in self.batchers:
+            s = self.settings
+            self.batchers[key] = Batcher(
+                make_processor(), served.worker, s.batch_wait_ms / 1000, s.max_batch, s.max_queue
+            )
+        return self.batchers[key]
+
+    async def run_records(self, request: Request, served: ServedModel, key: tuple, make_processor, records):
+        """Good records through the model's batcher; every record's result, in order."""
+        good = [r for r in records if r.error is None]
+        results: list = []
+        if good:
+            batcher = self.batcher(served, key, make_processor)
+            try:
+                results, size = await asyncio.wait_for(batcher.submit(good), self.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(
+                    504, f"the request took longer than {self.request_timeout_s:g} s", "timeout"
+                ) from None
+            request.state.batch = size
+        done = iter(results)
+        return [next(done) if r.error is None else None for r in records]
+
+
+async def json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def texts_of(body: dict, *keys: str) -> list:
+    """The request's input: a string or a non-empty list, under the first key present."""
+    key = next((k for k in keys if k in body), None)
+    if key is None:
+        raise ApiError(400, f'pass the input as "{keys[0]}": a string or a list')
+    value = body.pop(key)
+    for other in keys:
+        body.pop(other, None)
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, f'"{key}" must be a string or a non-empty list')
+    return items
+
+
+def create_app(server: Server) -> FastAPI:
+    app = FastAPI(title="bgcli serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+    app.add_middleware(GuardAndLog, server=server)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse(error_body(exc.message, exc.kind), exc.status, headers=exc.headers)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        body = error_body(f"the server is busy ({exc}); retry shortly", "overloaded")
+        return JSONResponse(body, 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(BgcliError)
+    async def usage_error(request: Request, exc: BgcliError):
+        status = 404 if isinstance(exc, UnknownModel) else 400
+        return JSONResponse(error_body(str(exc), "invalid_request_error"), status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body(first_line(exc), "invalid_request_error"), 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        print(f"error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr, flush=True)
+        return JSONResponse(error_body(f"internal error: {first_line(exc)}", "server_error"), 500)
+
+    @app.get("/health")
+    async def health():
+        models = {n: {"model": m.spec, "loaded": sorted(m.loaded)} for n, m in server.models.items()}
+        return {"status": "ok", "models": models}
+
+    @app.get("/v1/models")
+    async def list_models():
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "bgcli"} for name in server.models]
+        return {"object": "list", "data": data}
+
+    for command in TASKS:
+        app.add_api_route(f"/v1/{command}", _task_endpoint(server, command), methods=["POST"])
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        return await embeddings_endpoint(server, request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generation_endpoint(server, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generation_endpoint(server, request, chat=True)
+
+    return app
+
+
+class GuardAndLog:
+    """A plain ASGI middleware (FastAPI's @app.middleware adds a task and a copy per request):
+    refuses a missing API key or an oversized body before the body is read, and writes one
+    access line per request."""
+
+    def __init__(self, app, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        request = Request(scope)
+        status = {"code": 500}
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        refusal = _refusal(self.server, request)
+        if refusal is not None:
+            await refusal(scope, receive, send_and_note)
+        else:
+            await self.app(scope, receive, send_and_note)
+        if not self.server.quiet:
+            state = scope.get("state") or {}
+            latency = (time.perf_counter() - started) * 1000
+            print(
+                f"{scope['method']} {scope['path']} {status['code']} {latency:.0f}ms "
+                f"model={state.get('model') or '-'} batch={state.get('batch') or '-'}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _refusal(server: Server, request: Request) -> JSONResponse | None:
+    """Checks before the body is read: the API key and the declared body size."""
+    if server.api_key and request.url.path != "/health":
+        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+            return JSONResponse(
+                error_body("missing or wrong API key (Authorization: Bearer KEY)", "auth_error"), 401
+            )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > server.max_body_bytes:
+        message = (
+            f"the request body is {int(length)} bytes; the limit is {server.max_body_bytes} (--max-body-mb)"
+        )
+        return JSONResponse(error_body(message, "invalid_request_error"), 413)
+    return None
+
+
+def _task_endpoint(server: Server, command: str):
+    async def endpoint(request: Request):
+        body = await json_body(request)
+        served = server.model(body.pop("model", None))
+        request.state.model = served.name
+        items = texts_of(body, "text", "input")
+        module = task_module(command)
+        config = server.config(module, served, body)
+        loaded = await server.loaded(served, command, lambda: module.load(config))
+        records = input_records(items, config.text_field)
+        key = (served.name, command, options_key(body))
+        results = await server.run_records(
+            request, served, key, lambda: module.processor(loaded, config), records
+        )
+        data, per_input = output_records(records, results)
+        return {"model": served.name, "data": data, "per_input": per_input}
+
+    endpoint.__name__ = f"task_{command.replace('-', '_')}"
+    return endpoint
+
+
+# OpenAI-compatible ---------------------------------------------------------------------------
+
+
+async def embeddings_endpoint(server: Server, request: Request):
+    import numpy as np
+
+    from ..cli.commands.embed import EmbedConfig
+    from ..inference.embed import load_embedder
+
+    body = await json_body(request)
+    served = server.model(body.pop("model", None))
+    request.state.model = served.name
+    items = texts_of(body, "input")
+    if not all(isinstance(t, str) and t.strip() for t in items):
+        raise ApiError(400, '"input" must be a non-empty string or a list of non-empty strings')
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, '"encoding_format" must be float or base64')
+    config = EmbedConfig(**served.base_values())
+    embedder = await server.loaded(served, "embed", lambda: load_embedder(config))
+    if body.get("dimensions") not in (None, embedder.dimension):
+        raise ApiError(
+            400, f"model '{served.name}' gives {embedder.dimension} dimensions; drop \"dimensions\""
+        )
+    records = input_records(items, "text")
+
+    def embed(batch) -> list:
+        return [[{"embedding": v}] for v in embedder.encode([r.text for r in batch])]
+
+    results = await server.run_records(request, served, (served.name, "embed"), lambda: embed, records)
+    data = []
+    for index, result in enumerate(results):
+        vector = np.asarray(result[0]["embedding"], dtype="<f4")
+        value = base64.b64encode(vector.tobytes()).decode() if encoding == "base64" else vector.tolist()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = sum(len(ids) for ids in embedder.tokenizer(items)["input_ids"])
+    return {
+        "object": "list",
+        "data": data,
+        "model": served.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+def generation_options(body: dict) -> dict[str, Any]:
+    """OpenAI sampling parameters as `bgcli generate` options (temperature 0 = greedy)."""
+    temperature = body.get("temperature", 1.0)
+    if temperature is None:
+        temperature = 1.0
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ApiError(400, '"temperature" must be a number >= 0')
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ApiError(400, '"stop" must be a string or a list of strings')
+    options: dict[str, Any] = {
+        "max_new_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 16
+    }
+    if temperature > 0:
+        options |= {"sample": True, "temperature": float(temperature), "top_k": 0}
+    if body.get("top_p") is not None:
+        options["top_p"] = body["top_p"]
+    if stop:
+        options["stop"] = stop
+    if body.get("seed") is not None:
+        options["seed"] = body["seed"]
+    if (body.get("n") or 1) > 1:
+        options["num_return_sequences"] = body["n"]
+    return options
+
+
+async def generation_endpoint(server: Server, request: Request, chat: bool):
+    from ..inference import generate
+
+    body = await json_body(request)
+    served = server.model(body.get("model"))
+    request.state.model = served.name
+    options = generation_options(body)
+    config = server.config(generate, served, options)
+    loaded = await server.loaded(served, "generate", lambda: generate.load(config))
+    tokenizer = loaded[1]
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise ApiError(400, '"messages" must be a non-empty list of {role, content} objects')
+        if not tokenizer.chat_template:
+            raise ApiError(400, f"model '{served.name}' has no chat template; use /v1/completions")
+        prompts = [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
+    else:
+        prompts = texts_of(body, "prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ApiError(400, '"prompt" must be a string or a list of strings')
+    if body.get("stream"):
+        if len(prompts) != 1 or options.get("num_return_sequences", 1) > 1:
+            raise ApiError(400, "streaming answers one prompt with n = 1")
+        return StreamingResponse(
+            stream_events(server, served, loaded, config, prompts[0], chat), media_type="text/event-stream"
+        )
+
+    def make_processor():
+        generator = generate.Generator(*loaded, config)
+        generator.templated = chat
+
+        def run(records):
+            if config.seed is not None:
+                from transformers import set_seed
+
+                set_seed(config.seed)
+            return generator.generate(records)
+
+        return run
+
+    records = input_records(prompts, "text")
+    key = (served.name, "chat" if chat else "completions", options_key(options))
+    results = await server.run_records(request, served, key, make_processor, records)
+    choices, completion_tokens = [], 0
+    for outcome in results:
+        if isinstance(outcome, RecordError) or outcome is None:
+            raise ApiError(400, str(outcome) if outcome else "empty prompt")
+        for record in outcome:
+            completion_tokens += record["generated_tokens"]
+            finish = FINISH_REASONS[record["finish_reason"]]
+            index = len(choices)
+            if chat:
+                choices.append(
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": record["completion"]},
+                        "finish_reason": finish,
+                    }
+                )
+            else:
+                choices.append(
+                    {"index": index, "text": record["completion"], "logprobs": None, "finish_reason": finish}
+                )
+    prompt_tokens = sum(len(tokenizer(p, add_special_tokens=not chat)["input_ids"]) for p in prompts)
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": served.name,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+async def stream_events(server: Server, served: ServedModel, loaded, config, prompt: str, chat: bool):
+    """Server-sent events, one per decoded piece of text, then the finish reason and [DONE]."""
+    from transformers import TextIteratorStreamer
+
+    from ..inference import generate
+
+    model, tokenizer = loaded
+    generator = generate.Generator(model, tokenizer, config)
+    generator.templated = chat
+    streamer = TextIteratorStreamer(
+        tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=server.request_timeout_s
+    )
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        import torch
+
+        try:
+            if config.seed is not None:
+                from transformers import set_seed
+
+                set_seed(config.seed)
+            ids = generator.encode(prompt)
+            tensor = torch.tensor([ids], device=model.device)
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=tensor,
+                    attention_mask=torch.ones_like(tensor),
+                    generation_config=generator.generation_config,
+                    streamer=streamer,
+                )
+            outcome["record"] = generator.describe(ids, output[0, len(ids) :].tolist(), prompt)
+        except Exception as exc:  # reported in the stream, never a dead connection
+            outcome["error"] = first_line(exc)
+            streamer.end()
+
+    loop = asyncio.get_running_loop()
+    job = loop.run_in_executor(served.worker, work)
+    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+        if chat:
+            delta = (
+                {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+            )
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        event = {
+            "id": ident,
+            "object": kind,
+            "created": int(time.time()),
+            "model": served.name,
+            "choices": [choice],
+        }
+        return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+    if chat:
+        yield chunk("", None, first=True)
+    pieces = iter(streamer)
+    while True:
+        piece = await loop.run_in_executor(None, next, pieces, None)
+        if piece is None:
+            break
+        if piece:
+            yield chunk(piece, None)
+    await job
+    if "error" in outcome:
+        yield f"data: {json.dumps(error_body(outcome['error'], 'server_error'))}\n\n"
+    else:
+        yield chunk(None, FINISH_REASONS[outcome["record"]["finish_reason"]])
+    yield "data: [DONE]\n\n"

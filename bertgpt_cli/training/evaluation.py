@@ -1,0 +1,314 @@
+"""`bgcli eval`'s engine: a saved model on labelled data, scored by the same task code and
+metrics as `finetune`'s test step, plus the sliding-window perplexity of causal LMs and a
+paired test (McNemar) for two classifiers on the same rows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..io.console import info
+
+# What a model's architecture says about the task it was trained for.
+ARCHITECTURE_TASKS = (
+    ("ForSequenceClassification", "classification"),
+    ("ForTokenClassification", "ner"),
+    ("ForQuestionAnswering", "qa"),
+    ("ForMaskedLM", "mlm"),
+    ("ForPreTraining", "mlm"),
+    ("ForCausalLM", "clm"),
+    ("LMHeadModel", "clm"),
+)
+AUTO_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "ner": "AutoModelForTokenClassification",
+    "qa": "AutoModelForQuestionAnswering",
+    "mlm": "AutoModelForMaskedLM",
+    "clm": "AutoModelForCausalLM",
+}
+TASK_WORDS = {
+    "classification": "text classification",
+    "ner": "token classification",
+    "qa": "question answering",
+    "mlm": "masked language modeling",
+    "clm": "causal language modeling",
+}
+
+
+@dataclass
+class Evaluation:
+    model: str
+    task: str
+    rows: int
+    metrics: dict[str, Any]
+    report: dict[str, Any] | None = None
+    correct: list[bool] | None = None  # classification: per row, for paired tests
+    labels: list[str] = field(default_factory=list)
+    protocol: str | None = None
+    task_object: Any = None  # the task, for its report sections (worst misses, per-type tables)
+
+
+def detect_task(model_config, run_config: dict) -> str:
+    """The run dir's recorded task, else what the architecture's head is for."""
+    if run_config.get("task"):
+        return run_config["task"]
+    for architecture in getattr(model_config, "architectures", None) or []:
+        for suffix, task in ARCHITECTURE_TASKS:
+            if architecture.endswith(suffix):
+                return task
+    raise UsageError(
+        f"cannot tell what task '{getattr(model_config, '_name_or_path', 'this model')}' was trained for "
+        "(no task head in its config); pass --task"
+    )
+
+
+def run_config_of(location: str) -> dict:
+    """A run dir's bgcli_config.yaml (columns, max length... it was trained with), else {}."""
+    import yaml
+
+    from ..io.run_dirs import RUN_CONFIG
+
+    path = Path(location) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+
+
+def evaluate(config, model_spec: str) -> Evaluation:
+    """One model on `config.data`: the finetune test step, or sliding-window perplexity."""
+    import transformers
+
+    from ..inference.loading import load_for_inference, require_head
+    from ..models.resolution import load_config, resolve_model
+
+    resolved = resolve_model(model_spec, offline=config.offline)
+    model_config = load_config(resolved)
+    run_config = run_config_of(resolved.location) if resolved.source != "hub" else {}
+    task_name = config.task if config.task != "auto" else detect_task(model_config, run_config)
+    finetune_config = finetune_config_for(config, model_spec, task_name, run_config, model_config)
+
+    def check(resolved_, model_config_) -> None:
+        if task_name in ("classification", "ner", "qa"):
+            suffix = {"classification": "ForSequenceClassification", "ner": "ForTokenClassification"}
+            suffix = suffix.get(task_name, "ForQuestionAnswering")
+            require_head(resolved_, model_config_, suffix, TASK_WORDS[task_name], "evaluate a fine-tuned one")
+
+    model, tokenizer = load_for_inference(
+        _ModelFlags(model_spec, config.offline),
+        config,
+        getattr(transformers, AUTO_CLASSES[task_name]),
+        TASK_WORDS[task_name],
+        check=check,
+        resolved=resolved,
+    )
+    if task_name == "clm":
+        return perplexity_evaluation(config, finetune_config, model, tokenizer, model_spec)
+    return trainer_evaluation(config, finetune_config, model, tokenizer, model_spec)
+
+
+@dataclass
+class _ModelFlags:
+    """What load_for_inference reads from a command's model flags."""
+
+    model: str
+    offline: bool
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+def finetune_config_for(config, model_spec: str, task: str, run_config: dict, model_config):
+    """The finetune config the task code reads: the run's own settings (columns, max length),
+    then the flags given here; the data is the test split."""
+    from ..options import config_fields
+    from .finetune import FinetuneConfig
+
+    names = {f.name for f in config_fields(FinetuneConfig)}
+    values = {k: v for k, v in run_config.items() if k in names and k not in ("output", "recipe")}
+    values |= {k: getattr(config, k) for k in config.explicit if k in names}
+    for key in ("text_column", "label_column", "max_length", "text_pair_column", "multi_label"):
+        values.setdefault(key, getattr(config, key))
+    if getattr(model_config, "problem_type", None) == "multi_label_classification":
+        values["multi_label"] = True
+    if getattr(model_config, "bgcli_text_pair_column", None) and "text_pair_column" not in config.explicit:
+        values["text_pair_column"] = model_config.bgcli_text_pair_column
+    values |= {
+        "task": task,
+        "model": model_spec,
+        "train_data": config.data,
+        "test_data": config.data,
+        "eval_data": None,
+        "eval_split": 0.0,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "precision": "fp32" if config.precision == "auto" else config.precision,
+        "device": config.device,
+        "max_steps": 1,
+        "class_weights": "none",
+        "num_processes": 1,
+    }
+    if task == "qa" and "max_length" not in run_config and "max_length" not in config.explicit:
+        values["max_length"] = 384
+    finetune = FinetuneConfig(**{k: v for k, v in values.items() if k in names})
+    finetune.data_format = config.data_format
+    return finetune
+
+
+def trainer_evaluation(config, finetune_config, model, tokenizer, model_spec: str) -> Evaluation:
+    """finetune's test step on a trained model: the task's data preparation, collator and
+    metrics, the model's own label set, rows in data order."""
+    import tempfile
+
+    import numpy as np
+    from transformers import set_seed
+
+    from ..io.data import load_data
+    from .engine import build_trainer, training_arguments
+    from .tasks import task_class
+
+    task = task_class(finetune_config)(finetune_config, tokenizer)
+    task.use_model_labels(model.config)
+    task.attach(model)
+    task.ordered_eval = True  # predictions line up with rows (paired tests, worst misses)
+    data = load_data(config.data, config.data_format, finetune_config.tag_column)
+    if config.max_samples:
+        data = data.select(range(min(config.max_samples, len(data))))
+    # As the data of both splits: QA prepares evaluation features (offsets, ids) only for those.
+    _, others = task.prepare(data, {"test": data})
+    test = task.finalize(others["test"], "test")
+    info(f"evaluating {model_spec} ({task.name}) on {len(test)} examples of {config.data}")
+    with tempfile.TemporaryDirectory(prefix="bgcli-eval-") as scratch:
+        args = training_arguments(finetune_config, task, Path(scratch))
+        set_seed(config.seed)  # fixed masks for mlm: the same score on every run
+        trainer = build_trainer(finetune_config, task, model, tokenizer, args, None, None)
+        task.evaluating("test")
+        prediction = trainer.predict(test, metric_key_prefix="test")
+    metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not _is_speed(k)}
+    report = task.test_report(prediction)
+    correct = None
+    if task.name == "classification" and np.ndim(prediction.label_ids) == 1:  # single-label
+        correct = (np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).tolist()
+    task_labels = getattr(task, "labels", None)  # a LabelSet (classification), a list (ner), none
+    labels = list(getattr(task_labels, "names", None) or task_labels or [])
+    return Evaluation(model_spec, task.name, len(data), metrics, report, correct, labels, task_object=task)
+
+
+def _is_speed(key: str) -> bool:
+    return key.endswith(("_runtime", "_samples_per_second", "_steps_per_second", "_preparation_time"))
+
+
+# Causal LM: sliding-window perplexity ------------------------------------------------------
+
+
+def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, scored) per window, as transformers' perplexity guide walks the text: each
+    window reads up to `window` tokens and scores only the `scored` tokens no earlier window
+    scored, so every token is predicted once, with up to window - stride tokens of context."""
+    windows, previous_end = [], 0
+    for begin in range(0, length, stride):
+        end = min(begin + window, length)
+        windows.append((begin, end, end - previous_end))
+        previous_end = end
+        if end == length:
+            break
+    return windows
+
+
+def sliding_window_nll(model, ids: list[int], window: int, stride: int, batch_size: int) -> tuple[float, int]:
+    """(summed negative log-likelihood, tokens scored) over the token sequence `ids`."""
+    import torch
+
+    windows = sliding_windows(len(ids), window, stride)
+    total, count = 0.0, 0
+    device = model.device
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        width = max(end - begin for begin, end, _ in batch)
+        inputs = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (begin, end, _) in enumerate(batch):
+            inputs[row, : end - begin] = torch.tensor(ids[begin:end])
+            mask[row, : end - begin] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits.float()
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = inputs[:, 1:].to(device)
+        token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, (begin, end, scored) in enumerate(batch):
+            length = end - begin
+            first = max(length - scored, 1)  # the window's first token has nothing to predict it
+            total += float(token_nll[row, first - 1 : length - 1].sum())
+            count += length - first
+    return total, count
+
+
+def perplexity_evaluation(config, finetune_config, model, tokenizer, model_spec: str) -> Evaluation:
+    from ..inference.loading import model_max_length
+    from ..io.data import load_data
+
+    data = load_data(config.data, config.data_format)
+    column = finetune_config.text_column
+    if column not in data.column_names:
+        raise UsageError(
+            f"{config.data} has no column '{column}' (columns: {', '.join(data.column_names)}); "
+            "choose it with --text-column"
+        )
+    if config.max_samples:
+        data = data.select(range(min(config.max_samples, len(data))))
+    texts = [t for t in data[column] if isinstance(t, str) and t.strip()]
+    limit = model_max_length(tokenizer, model)
+    window = min(config.max_length, limit) if "max_length" in config.explicit else limit
+    stride = config.stride or max(window // 2, 1)
+    if stride > window:
+        raise UsageError(
+            f"--stride {stride} is longer than the window ({window} tokens); use at most {window}"
+        )
+    ids = tokenizer("\n\n".join(texts))["input_ids"]
+    info(
+        f"evaluating {model_spec} (clm) on {len(ids)} tokens of {config.data}: "
+        f"windows of {window}, stride {stride}"
+    )
+    nll, count = sliding_window_nll(model, ids, window, stride, config.batch_size)
+    loss = nll / max(count, 1)
+    protocol = (
+        f"sliding window: the {len(texts)} texts joined with blank lines into {len(ids)} tokens, read in "
+        f"windows of {window} tokens every {stride}; each token scored once, with up to {window - stride} "
+        "tokens of context before the window's new tokens"
+    )
+    metrics = {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "tokens": count,
+        "window": window,
+        "stride": stride,
+    }
+    return Evaluation(model_spec, "clm", len(texts), metrics, protocol=protocol)
+
+
+# Two models on the same rows ---------------------------------------------------------------
+
+
+def mcnemar(first: list[bool], second: list[bool]) -> dict[str, Any]:
+    """Exact McNemar test on paired correctness: only rows where the two models disagree count;
+    under "equally good" each is a fair coin (two-sided binomial p-value)."""
+    from scipy.stats import binomtest
+
+    if len(first) != len(second):
+        raise UsageError("the two models were scored on different rows; they cannot be compared pairwise")
+    only_first = sum(a and not b for a, b in zip(first, second, strict=True))
+    only_second = sum(b and not a for a, b in zip(first, second, strict=True))
+    disagreements = only_first + only_second
+    p_value = binomtest(only_first, disagreements, 0.5).pvalue if disagreements else 1.0
+    return {
+        "test": "McNemar (exact binomial)",
+        "rows": len(first),
+        "only_first_correct": only_first,
+        "only_second_correct": only_second,
+        "p_value": float(p_value),
+        "significant_at_0.05": bool(p_value < 0.05),
+    }

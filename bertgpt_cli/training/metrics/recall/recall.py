@@ -1,0 +1,5 @@
+"""Local `evaluate` module: works offline, same output as the Hub's (via scikit-learn)."""
+
+from ..sklearn_metric import sklearn_metric
+
+Recall = sklearn_metric("recall", "recall_score", averaged=True)
