@@ -8,9 +8,9 @@ scale (0-100) are those of the Hub's `squad_v2` metric (without the threshold se
 import datasets
 import evaluate
 
-from ..squad.squad import REFERENCE, normalize_answer
-from ..squad.squad import exact_match as exact
-from ..squad.squad import f1 as v1_f1
+from bertgpt_cli.training.metrics.squad.squad import REFERENCE, normalize_answer
+from bertgpt_cli.training.metrics.squad.squad import exact_match as exact
+from bertgpt_cli.training.metrics.squad.squad import f1 as v1_f1
 
 
 def f1(prediction: str, gold: str) -> float:
