@@ -24,6 +24,15 @@ class UsageError(BgcliError):
     exit_code = EXIT_USAGE
 
 
+class ReportedFailure(BgcliError):
+    """A failure already reported where it happened (the worker processes of a relaunched run
+    printed their own errors): exit with their status and print nothing more."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__("")
+        self.exit_code = exit_code
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a library's error, for one-line messages (its type if it has none)."""
     text = str(exc).strip()

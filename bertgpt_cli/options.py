@@ -1,27 +1,19 @@
-"""Typed command configs are the single source of truth for flags, help, defaults and recipe keys.
+"""Typed command configs are the single source of truth for flags, help, defaults, recipe keys,
+HTTP request options and the Python API's keyword arguments.
 
-A command declares one dataclass; `typer_command` turns its fields into Typer
-parameters, so adding an option means adding one field.
+A command declares one dataclass of `option(...)` fields; the CLI (`cli/typer_options.py`)
+turns its fields into Typer parameters, the API into keyword arguments, the server into
+request options, so adding an option means adding one field. Nothing here imports Typer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
-import inspect
 import types
 import typing
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
-import typer
-import typer.core
-
-from .errors import StdoutClosed, UsageError
-from .io.console import set_verbosity
-
-Config = TypeVar("Config")
+from .errors import UsageError
 
 OUTPUT_FORMATS = ("table", "jsonl", "json", "tsv", "text")
 INPUT_FORMATS = ("auto", "text", "jsonl")
@@ -97,80 +89,8 @@ def help_metavar(field: dataclasses.Field, annotation: Any) -> str | None:
     return TYPE_METAVARS.get(kind)
 
 
-def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
-    meta = field.metadata
-    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    if meta["kind"] == "argument":
-        info = typer.Argument(help=meta["help"], metavar=help_metavar(field, annotation), show_default=False)
-        default = None
-    else:
-        decls = [flag_name(field)]
-        if base_type(annotation) is bool and default is not False:  # True, or None = "auto"
-            decls = [f"{decls[0]}/--no-{decls[0][2:]}"]
-        if meta.get("short"):
-            decls.append(meta["short"])
-        if meta.get("choices"):
-            # Typer knows Enum choices (not Literal): present the choices as a str Enum.
-            annotation = _choice_enum(field.name, meta["choices"])
-            if default is not None:
-                default = annotation(default)
-        info = typer.Option(
-            *decls,
-            help=meta["help"],
-            rich_help_panel=meta.get("panel"),
-            metavar=help_metavar(field, annotation),
-        )
-        if isinstance(default, list):
-            default = None  # Typer wants None for "not given" on multi-value options
-    return inspect.Parameter(
-        field.name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=default,
-        annotation=Annotated[annotation, info],
-    )
-
-
-def _choice_enum(name: str, choices: typing.Sequence[str]) -> type[enum.Enum]:
-    return enum.Enum(name.title().replace("_", ""), {c: c for c in choices}, type=str)
-
-
 def config_fields(config_cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(config_cls) if "kind" in f.metadata]
-
-
-def typer_command(config_cls: type[Config], run: Callable[[Config], Any]) -> Callable[..., Any]:
-    """Build a Typer callback whose parameters are the fields of `config_cls`.
-
-    A config class may define `from_command_line(values, explicit)` to merge other sources
-    (a recipe): `explicit` names the fields the user typed, which win over everything.
-    """
-    hints = typing.get_type_hints(config_cls)
-    fields = config_fields(config_cls)
-    parameters = [_typer_parameter(f, hints[f.name]) for f in fields]
-    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-
-    @functools.wraps(run)
-    def command(ctx: typer.Context, **kwargs: Any) -> Any:
-        for f in fields:
-            value = kwargs.get(f.name)
-            if value is None and f.default_factory is not dataclasses.MISSING:
-                kwargs[f.name] = f.default_factory()
-            elif isinstance(value, enum.Enum):
-                kwargs[f.name] = value.value
-        explicit = {f.name for f in fields if _given_by_user(ctx, f.name)}
-        build = getattr(config_cls, "from_command_line", None)
-        config = build(kwargs, explicit) if build else config_cls(**kwargs)
-        validate_config(config)
-        if isinstance(config, OutputOptions):
-            set_verbosity(quiet=config.quiet, debug=config.debug)
-        try:
-            return run(config)
-        except BrokenPipeError as exc:
-            # Typer would turn this into a plain exit 1; let main() report it as SIGPIPE does.
-            raise StdoutClosed() from exc
-
-    command.__signature__ = inspect.Signature([context, *parameters])  # type: ignore[attr-defined]
-    return command
 
 
 def validate_config(config: Any) -> None:
@@ -247,50 +167,6 @@ def _as_number(value: Any, kind: type) -> int | float | None:
     return None
 
 
-def _given_by_user(ctx: typer.Context, name: str) -> bool:
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
-
-
-def _plain_help_params(params: list) -> list:
-    """--help without Typer's type tags: flags (--help, --version, --quiet...) show no
-    metavar, positional texts show their name only; value options keep theirs (N, SPEC...)."""
-    for param in params:
-        if isinstance(param, typer.core.TyperArgument):
-            param.display_type_rich = lambda ctx: ""
-        elif getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-    return params
-
-
-class PlainHelpCommand(typer.core.TyperCommand):
-    def get_params(self, ctx):
-        return _plain_help_params(super().get_params(ctx))
-
-
-class PlainHelpGroup(typer.core.TyperGroup):
-    def get_params(self, ctx):
-        return _plain_help_params(super().get_params(ctx))
-
-
-def examples_epilog(examples: typing.Sequence[str]) -> str:
-    """The end of a command's --help: a few commands to copy (escaped: `[MASK]` is not markup)."""
-    from rich.markup import escape
-
-    return "Examples:\n" + "\n".join(f"  {escape(line)}" for line in examples)
-
-
-def command_group(help: str, examples: typing.Sequence[str]) -> typer.Typer:
-    """A `bgcli NAME SUBCOMMAND` group (data, recipes, tokenizer) with the commands' help style."""
-    return typer.Typer(
-        help=help,
-        epilog=examples_epilog(examples),
-        no_args_is_help=True,
-        rich_markup_mode="rich",
-        cls=PlainHelpGroup,
-    )
-
-
 # Option groups shared by commands. Commands compose them into their own config.
 
 
@@ -347,6 +223,59 @@ class ModelOptions:
     revision: str | None = option(None, "Hub branch, tag or commit.", panel="Model", metavar="REV")
     trust_remote_code: bool = option(
         False, "Allow running model code from the Hub (off unless you trust the repo).", panel="Model"
+    )
+
+
+DATA_PANEL = "Data"
+NER_PANEL = "Named entities (--task ner)"
+QA_PANEL = "Question answering (--task qa)"
+
+
+@dataclasses.dataclass
+class DataColumns:
+    """Which columns of a dataset hold what: one group for every command that reads labelled
+    data (finetune, pretrain, eval, data check), so a column flag means the same everywhere."""
+
+    text_column: str = option("text", "Column with the text.", panel=DATA_PANEL, metavar="COLUMN")
+    text_pair_column: str | None = option(
+        None, "Second text column for sentence pairs.", panel=DATA_PANEL, metavar="COLUMN"
+    )
+    label_column: str = option(
+        "label", "Column with the label (ints or strings).", panel=DATA_PANEL, metavar="COLUMN"
+    )
+    multi_label: bool = option(
+        False,
+        "Each row may have several labels (a list, or text split on --label-separator).",
+        panel=DATA_PANEL,
+    )
+    label_separator: str = option(",", "Splits a text label column for --multi-label.", panel=DATA_PANEL)
+    data_format: str | None = option(
+        None, "Force the file format (csv, tsv, json, jsonl, parquet, text, conll).", panel=DATA_PANEL
+    )
+    tokens_column: str = option(
+        "tokens", "Column with each record's list of words.", panel=NER_PANEL, metavar="COLUMN"
+    )
+    tags_column: str = option(
+        "ner_tags",
+        "Column with each record's list of tags (names or ClassLabel ids).",
+        panel=NER_PANEL,
+        metavar="COLUMN",
+    )
+    tag_column: int | None = option(
+        None,
+        "CoNLL files: the column (from 1) that holds the tag (default: the last).",
+        panel=NER_PANEL,
+        ge=2,
+    )
+    question_column: str = option("question", "Column with the question.", panel=QA_PANEL, metavar="COLUMN")
+    context_column: str = option(
+        "context", "Column with the context the answer is in.", panel=QA_PANEL, metavar="COLUMN"
+    )
+    answers_column: str = option(
+        "answers",
+        "Column with {text: [...], answer_start: [...]} (the Hub's squad layout).",
+        panel=QA_PANEL,
+        metavar="COLUMN",
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bertgpt_cli.cli.app import COMMAND_MODULES  # noqa: E402
+from bertgpt_cli.cli.app import command_modules  # noqa: E402
 from bertgpt_cli.cli.commands import data as data_command  # noqa: E402
 from bertgpt_cli.cli.commands import recipes as recipes_command  # noqa: E402
 from bertgpt_cli.cli.commands import tokenizer as tokenizer_command  # noqa: E402
@@ -25,6 +25,8 @@ from bertgpt_cli.training.recipes import NON_RECIPE_KEYS  # noqa: E402
 
 REFERENCE = ROOT / "docs" / "reference.md"
 REGENERATE = "python scripts/gen_reference.py"
+# The single commands, in `bgcli --help` order (the groups get sections of their own below).
+COMMAND_MODULES = [m for m in command_modules() if not hasattr(m, "APP")]
 
 
 def type_name(field: dataclasses.Field, annotation) -> str:

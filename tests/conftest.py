@@ -3,6 +3,7 @@ on the fly, and a helper that runs the CLI as a user does (exit code, stdout, st
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -318,3 +319,70 @@ def tiny_qa_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     BertForQuestionAnswering(BertConfig(**tiny_bert_sizes(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# The run dirs and input files the docs' examples name (test_docs.py, test_api.py).
+
+
+@pytest.fixture(scope="module")
+def fixture_runs(
+    tiny_classifier_dir, tiny_multilabel_dir, tiny_bert_dir, tiny_gpt2_dir, tiny_ner_dir, tiny_qa_dir
+) -> dict[str, Path]:
+    return {
+        "rt": tiny_classifier_dir,
+        "rt-long": tiny_classifier_dir,
+        "qa": tiny_qa_dir,
+        "ner": tiny_ner_dir,
+        "genres": tiny_multilabel_dir,
+        "mlm": tiny_bert_dir,
+        "movies-minilm-mlm": tiny_bert_dir,
+        "clm": tiny_gpt2_dir,
+    }
+
+
+def write_inputs(folder: Path) -> None:
+    reviews = ["a gorgeous, witty movie", "dull and lifeless", "the best film of the year", "boring plot"] * 4
+    (folder / "reviews.txt").write_text("\n".join(reviews) + "\n")
+    (folder / "sentences.txt").write_text("the movie was [MASK] .\ni loved the [MASK] .\n")
+    (folder / "prompts.txt").write_text("the movie was\nonce upon a time\n")
+    (folder / "corpus.txt").write_text("\n".join(reviews * 3) + "\n")
+    sentences = [
+        "the story follows a family across three summers by the sea",
+        "the acting is warm and the jokes land more often than not",
+        "sadly the last act drags on for far too long before the end",
+        "the music, the light and the small town all feel very real",
+    ]
+    documents = [". ".join(sentences[i % 4 :] + sentences[: i % 4]) + "." for i in range(24)]
+    (folder / "documents.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    (folder / "reviews.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(reviews))
+    )
+    rows = "".join(f'"{t}",{"positive" if i % 2 == 0 else "negative"}\n' for i, t in enumerate(reviews))
+    (folder / "reviews.csv").write_text("text,sentiment\n" + rows)
+    (folder / "test.csv").write_text("text,sentiment\n" + rows)
+    news = [
+        "Angela Merkel met Emmanuel Macron in Paris.",
+        "The United Nations office in New York hired John Smith.",
+    ]
+    (folder / "news.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(news))
+    )
+    (folder / "news.txt").write_text("\n".join(news) + "\n")
+    tagged = [("Angela", "B-PER"), ("Merkel", "I-PER"), ("met", "O"), ("Macron", "B-PER"), ("in", "O")]
+    tagged += [("Paris", "B-LOC"), (".", "O")]
+    conll = "".join(f"{word} {tag}\n" for word, tag in tagged) + "\n"
+    (folder / "train.conll").write_text(conll * 12)
+    (folder / "dev.conll").write_text(conll * 2)
+    article = "Super Bowl 50 was played on February 7, 2016. The Denver Broncos won the game 24-10."
+    (folder / "article.txt").write_text(article + "\n")
+    questions = ["Who won Super Bowl 50?", "When was the game played?"]
+    (folder / "questions.txt").write_text("\n".join(questions) + "\n")
+    (folder / "questions.jsonl").write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "context": article}) + "\n" for i, q in enumerate(questions)
+        )
+    )
+    genres = [["comedy"], ["drama"], ["comedy", "romance"], []]
+    (folder / "movies.jsonl").write_text(
+        "".join(json.dumps({"text": t, "genres": genres[i % 4]}) + "\n" for i, t in enumerate(reviews))
+    )

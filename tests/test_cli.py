@@ -11,13 +11,14 @@ import time
 import pytest
 
 from bertgpt_cli import __version__
-from bertgpt_cli.cli.app import app
+from bertgpt_cli.cli.app import COMMANDS as COMMAND_TABLE
+from bertgpt_cli.cli.app import command_module
 
 from .conftest import BGCLI, ROOT, interrupt_and_wait, start_interruptible
 
 HEAVY = ("torch", "transformers", "datasets", "evaluate", "accelerate")
-COMMANDS = sorted(c.name for c in app.registered_commands)
-GROUPS = sorted(g.name for g in app.registered_groups)
+GROUPS = sorted(c.name for c in COMMAND_TABLE if hasattr(command_module(c), "APP"))
+COMMANDS = sorted(c.name for c in COMMAND_TABLE if c.name not in GROUPS)
 HELP_ARGS = (
     [["--help"], ["--version"]]
     + [[c, "--help"] for c in COMMANDS]
@@ -60,6 +61,26 @@ def test_every_command_is_registered():
     }
     assert expected <= set(COMMANDS)
     assert GROUPS == ["data", "recipes", "tokenizer"]
+
+
+def test_the_command_table_says_what_each_module_says():
+    """`bgcli --help` lists commands from a static table (no module imported): it must agree
+    with the modules' own NAME and HELP."""
+    for command in COMMAND_TABLE:
+        module = command_module(command)
+        assert (module.NAME, module.HELP) == (command.name, command.help)
+
+
+def test_top_level_help_imports_no_command_module():
+    code = (
+        "import sys\n"
+        "from bertgpt_cli.cli.app import main\n"
+        "main(['--help'])\n"
+        "print('LOADED=' + ','.join(m for m in sys.modules if m.startswith('bertgpt_cli.cli.commands.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "Commands" in out.stdout and "classify" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "LOADED="
 
 
 @pytest.mark.parametrize("args", HELP_ARGS)

@@ -156,7 +156,7 @@ def test_unavailable_device_is_a_usage_error(cli, tiny_bert_dir):
 
 
 def test_terminal_table_shows_tokens_and_scores_per_mask(cli, tiny_bert_dir):
-    from bertgpt_cli.inference.fill_mask import predictions_cell
+    from bertgpt_cli.cli.commands.fill_mask import predictions_cell
 
     (record,) = records(cli(["fill-mask", "-m", str(tiny_bert_dir), "--top-k", "2", TEXTS[1]]).stdout)
     first, second = record["predictions"]

@@ -5,11 +5,16 @@ Nothing here imports torch / transformers / datasets: every `--help` must stay i
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
 
 import typer
+import typer.core
+import typer.main
 
 try:  # typer >= 0.24 vendors click; its exceptions are not click's
     from typer._click import exceptions as click_exceptions
@@ -17,31 +22,155 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
 from .. import __version__
-from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, StdoutClosed
-from ..inference import classify as classify_command
-from ..inference import fill_mask as fill_mask_command
-from ..inference import generate as generate_command
-from ..inference import ner as ner_command
-from ..inference import qa as qa_command
-from ..inference import tokenize as tokenize_command
+from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, BgcliError, ReportedFailure, StdoutClosed
 from ..io.console import VERBOSITY, error
-from ..models import export as export_command
-from ..options import PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
-from ..training import finetune as finetune_command
-from ..training import pretrain as pretrain_command
-from .commands import data as data_command
-from .commands import embed as embed_command
-from .commands import env as env_command
-from .commands import eval as eval_command
-from .commands import models as models_command
-from .commands import recipes as recipes_command
-from .commands import search as search_command
-from .commands import serve as serve_command
-from .commands import tokenizer as tokenizer_command
+from .typer_options import PlainHelpCommand, PlainHelpGroup, examples_epilog, typer_command
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as `bgcli --help` lists it, without importing its module (which may pull in
+    half the package): the module under cli/commands/, its one-line help (a test keeps it equal
+    to the module's HELP), and whether it ends without the interpreter's teardown (`entry`)."""
+
+    module: str
+    help: str
+    quick_exit: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.module.replace("_", "-")
+
+
+# Order = the order of `bgcli --help` and docs/reference.md.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "finetune",
+        "Fine-tune with the HF Trainer: sequence classification, named entities (ner), question "
+        "answering (qa), masked-LM (mlm) or causal-LM (clm); recipes in recipes/.",
+    ),
+    Command(
+        "pretrain",
+        "Pre-train from scratch: BERT with masked LM + next-sentence prediction, or GPT-2 with "
+        "next-token prediction, on your corpus (tokenizer trained on the fly or given).",
+    ),
+    Command(
+        "fill_mask",
+        "Predict the [MASK] tokens of each text (BERT-style masked LMs); same answers as transformers.",
+        quick_exit=True,
+    ),
+    Command(
+        "generate",
+        "Continue each prompt with a causal LM (GPT-2, SmolLM2, ...): greedy by default, --sample to sample.",
+        quick_exit=True,
+    ),
+    Command(
+        "classify",
+        "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id).",
+        quick_exit=True,
+    ),
+    Command(
+        "ner",
+        "Find named entities (people, places, ...) with character offsets; whole documents, any length.",
+        quick_exit=True,
+    ),
+    Command(
+        "qa",
+        "Answer questions from a context (extractive QA): answer span, score and character offsets.",
+        quick_exit=True,
+    ),
+    Command(
+        "embed",
+        "Embed texts: one vector per text (cls/mean/max pooling) or per token, JSONL or a "
+        ".npy/.parquet file.",
+        quick_exit=True,
+    ),
+    Command(
+        "search",
+        "Semantic search: the corpus texts closest to each query (cosine of embeddings), with scores.",
+        quick_exit=True,
+    ),
+    Command(
+        "eval",
+        "Evaluate saved models on labelled data: finetune's test metrics and report; --compare two.",
+        quick_exit=True,
+    ),
+    Command(
+        "serve",
+        "Serve models over HTTP: OpenAI-compatible completions/chat/embeddings and the CLI's task endpoints.",
+    ),
+    Command(
+        "export", "Export a model to ONNX (optionally int8) for onnxruntime; classify/fill-mask/embed run it."
+    ),
+    Command("env", "Show versions, devices, caches and offline state (paste it into bug reports)."),
+    Command(
+        "models", "List built-in model aliases (offline) and common Hub ids, with size and install state."
+    ),
+    Command(
+        "tokenize",
+        "Split texts into a model's tokens: ids, counts, and whether they fit its length limit.",
+        quick_exit=True,
+    ),
+    Command("recipes", "List, show and copy the ready-made fine-tuning recipes."),
+    Command("data", "Check a dataset before training: duplicates, split overlap, labels, lengths."),
+    Command("tokenizer", "Train a tokenizer from scratch: WordPiece (BERT) or byte-level BPE (GPT-2)."),
+)
+BY_NAME = {command.name: command for command in COMMANDS}
+
+
+def command_module(command: Command) -> ModuleType:
+    return importlib.import_module(f"{__package__}.commands.{command.module}")
+
+
+def command_modules() -> list[ModuleType]:
+    """Every command's module (imports them all: for docs/reference.md and tests, not `--help`)."""
+    return [command_module(command) for command in COMMANDS]
+
+
+def build_command(command: Command):
+    """The Typer command (or `bgcli NAME SUBCOMMAND` group) of a command's module."""
+    module = command_module(command)
+    if hasattr(module, "APP"):  # data, recipes, tokenizer: groups of subcommands
+        built = typer.main.get_group(module.APP)  # a group even with one subcommand
+    else:
+        single = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False)
+        single.command(
+            name=command.name, help=module.HELP, epilog=examples_epilog(module.EXAMPLES), cls=PlainHelpCommand
+        )(typer_command(module.CONFIG, module.run))
+        built = typer.main.get_command(single)
+    built.name = command.name
+    return built
+
+
+LISTING = "bgcli.listing"  # set in ctx.meta while `bgcli --help` lists the commands
+
+
+class LazyGroup(PlainHelpGroup):
+    """Imports a command's module only when that command runs (or shows its own --help):
+    `bgcli --help` lists the commands from the static table above."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(BY_NAME)
+
+    def get_command(self, ctx, cmd_name: str):
+        command = BY_NAME.get(cmd_name)
+        if command is None:
+            return None
+        if ctx.meta.get(LISTING):
+            return typer.core.TyperCommand(name=command.name, help=command.help)
+        return build_command(command)
+
+    def format_help(self, ctx, formatter) -> None:
+        ctx.meta[LISTING] = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            ctx.meta.pop(LISTING, None)
+
 
 app = typer.Typer(
     name="bgcli",
-    cls=PlainHelpGroup,
+    cls=LazyGroup,
     help="BERT- and GPT-style models from the shell: fill-mask, generate, classify, NER, fine-tune.",
     rich_markup_mode="rich",
     no_args_is_help=True,
@@ -68,46 +197,16 @@ def _root(
     """
 
 
-def _register(module) -> None:
-    app.command(
-        name=module.NAME, help=module.HELP, epilog=examples_epilog(module.EXAMPLES), cls=PlainHelpCommand
-    )(typer_command(module.CONFIG, module.run))
-
-
-# Order = the order of `bgcli --help` and docs/reference.md.
-COMMAND_MODULES = (
-    finetune_command,
-    pretrain_command,
-    fill_mask_command,
-    generate_command,
-    classify_command,
-    ner_command,
-    qa_command,
-    embed_command,
-    search_command,
-    eval_command,
-    serve_command,
-    export_command,
-    env_command,
-    models_command,
-    tokenize_command,
-)
-for _module in COMMAND_MODULES:
-    _register(_module)
-app.add_typer(recipes_command.APP, name=recipes_command.NAME)
-app.add_typer(data_command.APP, name=data_command.NAME)
-app.add_typer(tokenizer_command.APP, name=tokenizer_command.NAME)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the app and map every way it can end to an exit status."""
     try:
         result = app(args=list(argv) if argv is not None else None, prog_name="bgcli", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except BgcliError as exc:
-        if VERBOSITY.debug:
+        if VERBOSITY.debug and not isinstance(exc, ReportedFailure):
             raise
-        error(str(exc))
+        if not isinstance(exc, ReportedFailure):
+            error(str(exc))
         return exc.exit_code
     except click_exceptions.NoArgsIsHelpError as exc:
         exc.show()
@@ -122,20 +221,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_quietly_on_broken_pipe()
 
 
-# Commands that only read a model and write records: they end without the interpreter's teardown.
-QUICK_EXIT_COMMANDS = {
-    "classify",
-    "fill-mask",
-    "generate",
-    "ner",
-    "qa",
-    "embed",
-    "search",
-    "tokenize",
-    "eval",
-}
-
-
 def entry() -> None:
     """The `bgcli` program (and `python -m bertgpt_cli`): main(), then exit.
 
@@ -145,8 +230,9 @@ def entry() -> None:
     flushed and the atexit handlers (temp-folder cleanup, logging) have run. Training and
     serving keep the normal exit (worker threads, process groups)."""
     code = main()
-    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if command in QUICK_EXIT_COMMANDS:
+    name = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    command = BY_NAME.get(name or "")
+    if command is not None and command.quick_exit:
         _exit_without_teardown(code)
     sys.exit(code)
 

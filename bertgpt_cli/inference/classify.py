@@ -1,5 +1,6 @@
-"""`bgcli classify`: run a sequence-classification model (a finetune run dir or a Hub id);
-same labels and scores as `pipeline("text-classification")`, in length-sorted batches."""
+"""Classification (`bgcli classify`, `api.classify`, the server's /v1/classify): a
+sequence-classification model (a finetune run dir or a Hub id); same labels and scores as
+`pipeline("text-classification")`, in length-sorted batches."""
 
 from __future__ import annotations
 
@@ -7,20 +8,10 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..io.console import warn
-from ..io.output import RecordWriter
-from ..io.records import RecordError, read_input_records, stream_to_writer
+from ..io.records import RecordError, RecordStream, read_input_records, stream_to_writer
+from ..models.heads import require_head
 from ..options import InputOptions, ModelOptions, OutputOptions, ServerOptions, option
-from ..serving.client import remote_or_local
-from .loading import InferenceOptions, load_for_inference, model_max_length, process_sorted, require_head
-
-NAME = "classify"
-HELP = "Label each text with a fine-tuned classifier (a `bgcli finetune` run dir or a Hub id)."
-EXAMPLES = (
-    'bgcli classify -m runs/rt "a gorgeous, witty movie"',
-    "cat reviews.jsonl | bgcli classify -m runs/rt --all-scores | jq -c '{id, label: .label, scores}'",
-    "bgcli classify -m runs/rt -i reviews.txt --format tsv > labels.tsv",
-    "bgcli classify -m runs/nli -i pairs.tsv   # sentence pairs: text<TAB>text_pair",
-)
+from .loading import InferenceOptions, load_for_inference, model_max_length, process_sorted
 
 
 @dataclass
@@ -54,16 +45,27 @@ class ClassifyConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions
 CONFIG = ClassifyConfig
 
 
-def run(config: ClassifyConfig) -> None:
+def validate(config: ClassifyConfig) -> None:
     if not config.model:
         raise UsageError("pass the classifier with --model/-m: a `bgcli finetune` run dir or a Hub id")
-    records = read_input_records(
+
+
+def input_records(config: ClassifyConfig) -> RecordStream:
+    """The texts (or sentence pairs) to label: arguments, --input or stdin."""
+    return read_input_records(
         config.texts, config.input, config.input_format, config.text_field, pair_field=config.pair_field
     )
-    writer = RecordWriter(config.format, text_key="label", table_shows_input=True)
-    if remote_or_local(NAME, config, records, writer, window=config.batch_size * 8):
-        return
-    stream_to_writer(records, processor(load(config), config), writer, window=config.batch_size * 8)
+
+
+def window(config: ClassifyConfig) -> int:
+    """Records read ahead and sorted by length together."""
+    return config.batch_size * 8
+
+
+def process(config: ClassifyConfig, records, writer, loaded=None) -> None:
+    """Label `records` into `writer`: what the CLI and the Python API both run."""
+    loaded = load(config) if loaded is None else loaded
+    stream_to_writer(records, processor(loaded, config), writer, window=window(config))
 
 
 def load(config: ClassifyConfig):
@@ -84,7 +86,7 @@ def processor(loaded, config: ClassifyConfig):
 def require_classifier(resolved, config) -> None:
     """A bare encoder (minilm, bert-base-uncased) would get a random head: refuse it."""
     remedy = "fine-tune one first (`bgcli finetune`) or pass a classifier"
-    require_head(resolved, config, "ForSequenceClassification", "classification", remedy)
+    require_head(resolved, config, "classification", remedy)
     if not getattr(config, "bgcli_text_pair_column", None):
         config.bgcli_text_pair_column = _run_config_pair_column(resolved)
 

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..io.console import warn
-from ..options import option
-from .loading import load_for_inference, model_max_length, process_sorted
+from ..io.console import info, warn
+from ..io.records import RecordStream, raise_if_failed, read_input_records, run_stream
+from ..models.resolution import model_file
+from ..options import InputOptions, ModelOptions, OutputOptions, option
+from .loading import InferenceOptions, load_for_inference, model_max_length, process_sorted
 
 POOLINGS = ("auto", "cls", "mean", "max", "last", "tokens")
 
@@ -68,28 +70,6 @@ class PoolingSetup:
 
     def describe(self) -> dict[str, Any]:
         return {"pooling": self.pooling, "normalize": self.normalize, "pooling_source": self.source}
-
-
-def model_file(resolved, name: str) -> Path | None:
-    """A file of the model (local dir or Hub cache), or None when it has none."""
-    folder = Path(resolved.location)
-    if folder.is_dir():
-        path = folder / name
-        return path if path.is_file() else None
-    from transformers.utils import cached_file
-
-    try:
-        found = cached_file(
-            resolved.location,
-            name,
-            revision=resolved.revision,
-            local_files_only=resolved.local_files_only,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-    except OSError:
-        return None
-    return Path(found) if found else None
 
 
 def _read_json(path: Path | None) -> Any:
@@ -281,3 +261,91 @@ def model_identity(resolved) -> dict[str, Any]:
     if resolved.source == "local":
         return {"model": str(Path(resolved.location).resolve()), "revision": None}
     return {"model": resolved.spec, "revision": resolved.revision}
+
+
+@dataclass
+class EmbedConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, EmbeddingOptions):
+    output: str | None = option(
+        None,
+        "Write the vectors to FILE.npy, .safetensors or .parquet (streamed, input order) instead "
+        "of JSONL on stdout; .npy/.safetensors rows' text and fields go to FILE.rows.jsonl.",
+        short="-o",
+        panel="Output",
+        metavar="FILE",
+    )
+
+
+CONFIG = EmbedConfig
+
+
+def validate(config: EmbedConfig) -> None:
+    check_pooling_flags(config.pooling, config.output)
+    if config.output:
+        from ..io.embedding_files import check_output_path
+
+        check_output_path(config.output)
+
+
+def input_records(config: EmbedConfig) -> RecordStream:
+    return read_input_records(config.texts, config.input, config.input_format, config.text_field)
+
+
+def process(config: EmbedConfig, records, writer, embedder=None) -> None:
+    """Embed `records` into `writer`, or into the --output file when one is named: what the
+    CLI and the Python API both run."""
+    embedder = load_embedder(config) if embedder is None else embedder
+    setup = embedder.setup
+    info(
+        f"pooling: {setup.pooling}{', normalised' if setup.normalize else ''} ({setup.source}); "
+        f"{embedder.dimension} dimensions, up to {embedder.limit} tokens per text"
+    )
+    if not config.output:
+        embed_stream(records, embedder, writer, config.batch_size, with_line=False)
+        return
+    from ..io.embedding_files import EmbeddingFileWriter, check_output_path, rows_path
+
+    path = check_output_path(config.output)
+    rows = embed_stream(
+        records, embedder, EmbeddingFileWriter(path, embedder.dimension), config.batch_size, True
+    )
+    sidecar = f" (rows: {rows_path(path)})" if path.suffix != ".parquet" else ""
+    info(f"wrote {rows} x {embedder.dimension} embeddings to {path}{sidecar}")
+
+
+def embed_stream(records, embedder, writer, batch_size: int, with_line: bool) -> int:
+    """Run the records into `writer`; a file writer is committed only when the stream ends
+    (bad records included: the good rows stay), and removed if it is interrupted."""
+
+    def process(batch):
+        if embedder.setup.pooling == "tokens":
+            return [
+                [{"tokens": [_token_record(t) for t in tokens]}]
+                for tokens in embedder.token_vectors([r.text for r in batch])
+            ]
+        vectors = embedder.encode([r.text for r in batch])
+        if with_line:
+            return [[{"line": r.line, "embedding": v}] for r, v in zip(batch, vectors, strict=True)]
+        return [[{"embedding": json_vector(v)}] for v in vectors]
+
+    window = batch_size * 8 if embedder.setup.pooling != "tokens" else batch_size
+    try:
+        ok, failed = run_stream(records, process, writer.write, window, writer.flush, writer.input_key)
+    except BaseException:
+        if hasattr(writer, "abort"):
+            writer.abort()
+        else:
+            writer.close()
+        raise
+    writer.close()
+    raise_if_failed(ok, failed)
+    return ok
+
+
+def _token_record(token: dict) -> dict:
+    return {**token, "embedding": json_vector(token["embedding"].cpu().numpy())}
+
+
+def json_vector(vector) -> list[float]:
+    """float32 values with the 9 significant digits that round-trip a float32 exactly
+    (a plain float() of a float32 prints 17 digits: twice the bytes for no information)."""
+    return [float(f"{x:.9g}") for x in vector.tolist()]

@@ -1,4 +1,5 @@
-"""`bgcli fill-mask`: masked-token prediction, equal to `pipeline("fill-mask")`, batched.
+"""Fill-mask (`bgcli fill-mask`, `api.fill_mask`, the server's /v1/fill-mask): masked-token
+prediction, equal to `pipeline("fill-mask")`, batched.
 
 Speed comes from three things the pipeline does not do: length-sorted batches (little
 padding), one forward pass per batch, and the vocabulary projection computed only at the
@@ -11,20 +12,11 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..io.console import warn
-from ..io.output import RecordWriter
-from ..io.records import RecordError, read_input_records, stream_to_writer
+from ..io.records import RecordError, RecordStream, read_input_records, stream_to_writer
 from ..options import InputOptions, ModelOptions, OutputOptions, ServerOptions, option
-from ..serving.client import remote_or_local
 from .loading import InferenceOptions, load_for_inference, model_max_length, process_sorted
 
-NAME = "fill-mask"
-HELP = "Predict the [MASK] tokens of each text (BERT-style masked LMs); same answers as transformers."
 GENERIC_MASK = "[MASK]"
-EXAMPLES = (
-    'bgcli fill-mask -m runs/mlm "This movie was [MASK]."',
-    'bgcli fill-mask -m bert-base-uncased --top-k 3 "Paris is the [MASK] of France."',
-    "cat sentences.txt | bgcli fill-mask -m runs/mlm --targets good,bad | jq .predictions",
-)
 
 
 @dataclass
@@ -48,19 +40,19 @@ class FillMaskConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions
 CONFIG = FillMaskConfig
 
 
-def run(config: FillMaskConfig) -> None:
-    if config.top_k < 1:
-        raise UsageError("--top-k must be at least 1")
-    records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
-    writer = RecordWriter(
-        config.format,
-        text_key="predictions",
-        table_cells={"predictions": predictions_cell},
-        table_shows_input=True,
-    )
-    if remote_or_local(NAME, config, records, writer, window=config.batch_size * 8):
-        return
-    stream_to_writer(records, processor(load(config), config), writer, window=config.batch_size * 8)
+def input_records(config: FillMaskConfig) -> RecordStream:
+    return read_input_records(config.texts, config.input, config.input_format, config.text_field)
+
+
+def window(config: FillMaskConfig) -> int:
+    """Records read ahead and sorted by length together."""
+    return config.batch_size * 8
+
+
+def process(config: FillMaskConfig, records, writer, loaded=None) -> None:
+    """Predict the masks of `records` into `writer`: what the CLI and the Python API both run."""
+    loaded = load(config) if loaded is None else loaded
+    stream_to_writer(records, processor(loaded, config), writer, window=window(config))
 
 
 def load(config: FillMaskConfig):
@@ -79,12 +71,6 @@ def processor(loaded, config: FillMaskConfig):
     model, tokenizer = loaded
     predictor = MaskPredictor(model, tokenizer, config.top_k, parse_targets(config.targets, tokenizer))
     return lambda batch: predictor.predict(batch, config.batch_size)
-
-
-def predictions_cell(predictions: list) -> str:
-    """`great 0.412, good 0.203` per mask (masks separated by ` | `) for the terminal table."""
-    per_mask = predictions if predictions and isinstance(predictions[0], list) else [predictions]
-    return " | ".join(", ".join(f"{p['token_str']} {p['score']:.3f}" for p in mask) for mask in per_mask)
 
 
 def parse_targets(targets: str | None, tokenizer) -> list[int] | None:

@@ -1,27 +1,17 @@
-"""`bgcli generate`: text generation with any causal LM; left-padded batches that give
-the same text as generating each prompt alone; streaming for one prompt on a terminal."""
+"""Generation (`bgcli generate`, `api.generate`, the server's completions) with any causal LM:
+left-padded batches that give the same text as generating each prompt alone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..io.console import stdout_is_terminal
-from ..io.output import RecordWriter, resolve_format
-from ..io.records import read_input_records, stream_to_writer
+from ..io.records import RecordStream, read_input_records, stream_to_writer
 from ..models.skinny_linear import use_skinny_linears
 from ..options import InputOptions, ModelOptions, OutputOptions, ServerOptions, option
-from ..serving.client import remote_or_local
 from .loading import InferenceOptions, load_for_inference, model_max_length, process_sorted
 
-NAME = "generate"
-HELP = "Continue each prompt with a causal LM (GPT-2, SmolLM2, ...): greedy by default, --sample to sample."
 PANEL = "Generation"
-EXAMPLES = (
-    'bgcli generate -m smollm2 --chat "Recommend a comedy."',
-    'cat prompts.txt | bgcli generate -m gpt2 --max-new-tokens 40 --stop "\\n" | jq -r .completion',
-    'bgcli generate -m gpt2 --sample --temperature 0.8 --seed 7 "Once upon a time"',
-)
 
 
 @dataclass
@@ -68,25 +58,27 @@ class GenerateConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions
 CONFIG = GenerateConfig
 
 
-def run(config: GenerateConfig) -> None:
-    validate(config)
-    records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
-    writer = RecordWriter(
-        config.format,
-        text_key="completion",
-        columns=["prompt", "completion", "generated_tokens", "finish_reason"],
-    )
-    if remote_or_local(NAME, config, records, writer, window=config.batch_size * 4):
-        return
-    generator = Generator(*load(config), config)
-    if config.seed is not None:
+def input_records(config: GenerateConfig) -> RecordStream:
+    return read_input_records(config.texts, config.input, config.input_format, config.text_field)
+
+
+def window(config: GenerateConfig) -> int:
+    """Prompts read ahead and sorted by length together."""
+    return config.batch_size * 4
+
+
+def process(config: GenerateConfig, records, writer, loaded=None) -> None:
+    """Complete `records` into `writer`: what the CLI and the Python API both run (seeded once)."""
+    generator = Generator(*(load(config) if loaded is None else loaded), config)
+    seed_everything(config.seed)
+    stream_to_writer(records, generator.generate, writer, window=window(config))
+
+
+def seed_everything(seed: int | None) -> None:
+    if seed is not None:
         from transformers import set_seed
 
-        set_seed(config.seed)
-    if len(config.texts) == 1 and should_stream(config):
-        generator.stream(config.texts[0])
-        return
-    stream_to_writer(records, generator.generate, writer, window=config.batch_size * 4)
+        set_seed(seed)
 
 
 def load(config: GenerateConfig):
@@ -109,10 +101,7 @@ def processor(loaded, config: GenerateConfig):
     generator = Generator(*loaded, config)
 
     def run(records) -> list:
-        if config.seed is not None:
-            from transformers import set_seed
-
-            set_seed(config.seed)
+        seed_everything(config.seed)
         return generator.generate(records)
 
     return run
@@ -129,17 +118,6 @@ def validate(config: GenerateConfig) -> None:
         raise UsageError("--num-return-sequences > 1 needs --sample or --num-beams >= that number")
     if config.system and not config.chat:
         raise UsageError("--system needs --chat")
-
-
-def should_stream(config: GenerateConfig) -> bool:
-    """One prompt, a person watching, plain output: print tokens as they come."""
-    return (
-        stdout_is_terminal()
-        and resolve_format(config.format) in ("table", "text")
-        and config.num_return_sequences == 1
-        and config.num_beams == 1
-        and not config.stop
-    )
 
 
 def require_causal_lm(resolved, config) -> None:

@@ -145,17 +145,6 @@ def quantize_int8(model, device):
         return torch.ao.quantization.quantize_dynamic(model, per_channel, dtype=torch.qint8)
 
 
-def require_head(resolved, config, suffix: str, head: str, remedy: str) -> None:
-    """Refuse a model whose architectures have no `...{suffix}` class: a bare encoder, or a head
-    for another task, would get a random head of the wanted kind and answer noise."""
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith(suffix) for a in architectures):
-        raise UsageError(
-            f"model '{resolved.spec}' ({', '.join(architectures) or config.model_type}) has no trained "
-            f"{head} head; {remedy}"
-        )
-
-
 def padded_batch(tokenizer, encoded, rows: list[int], device) -> dict:
     """Rows of a tokenizer output (windows of different lengths) as right-padded model inputs
     on `device`; offsets, special-token masks and other extras stay behind."""

@@ -1,4 +1,5 @@
-"""`bgcli ner`: named entities with character offsets, equal to `pipeline("token-classification")`.
+"""Named entities (`bgcli ner`, `api.ner`, the server's /v1/ner) with character offsets, equal
+to `pipeline("token-classification")`.
 
 The entities come from the pipeline's own post-processing (gather, aggregate, merge of
 overlapping windows), so labels, spans, offsets and scores are the pipeline's. What
@@ -13,28 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..io.output import RecordWriter
-from ..io.records import read_input_records, stream_to_writer
+from ..io.records import RecordStream, read_input_records, stream_to_writer
+from ..models.heads import require_head
 from ..options import OUTPUT_FORMATS, InputOptions, ModelOptions, OutputOptions, ServerOptions, option
-from ..serving.client import remote_or_local
 from .loading import (
     InferenceOptions,
     load_for_inference,
     model_max_length,
     padded_batch,
     process_sorted,
-    require_head,
 )
 
-NAME = "ner"
-HELP = "Find named entities (people, places, ...) with character offsets; whole documents, any length."
 PANEL = "NER"
 AGGREGATIONS = ("simple", "first", "average", "max", "none")
-EXAMPLES = (
-    'bgcli ner -m runs/ner "Angela Merkel met Emmanuel Macron in Paris."',
-    "cat news.jsonl | bgcli ner -m runs/ner --min-score 0.5 | jq -c '[.entities[] | {entity_group, word}]'",
-    "bgcli ner -m runs/ner -i news.txt --format conll",
-)
 
 
 @dataclass
@@ -74,17 +66,24 @@ class NerConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, Ser
 CONFIG = NerConfig
 
 
-def run(config: NerConfig) -> None:
+def validate(config: NerConfig) -> None:
     if not config.model:
         raise UsageError("pass the model with --model/-m: a `bgcli finetune --task ner` run dir or a Hub id")
-    records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
-    if config.format != "conll":  # CoNLL rows need the tokenizer's words: local only
-        writer = EntityWriter(config.format, None)
-        if remote_or_local(NAME, config, records, writer, window=config.batch_size * 8):
-            return
-    loaded = load(config)
-    writer = EntityWriter(config.format, loaded[1])
-    stream_to_writer(records, processor(loaded, config), writer, window=config.batch_size * 8)
+
+
+def input_records(config: NerConfig) -> RecordStream:
+    return read_input_records(config.texts, config.input, config.input_format, config.text_field)
+
+
+def window(config: NerConfig) -> int:
+    """Records read ahead and sorted by length together."""
+    return config.batch_size * 8
+
+
+def process(config: NerConfig, records, writer, loaded=None) -> None:
+    """Find the entities of `records` into `writer`: what the CLI and the Python API both run."""
+    loaded = load(config) if loaded is None else loaded
+    stream_to_writer(records, processor(loaded, config), writer, window=window(config))
 
 
 def load(config: NerConfig):
@@ -109,7 +108,7 @@ def processor(loaded, config: NerConfig):
 def require_token_classifier(resolved, config) -> None:
     """A bare encoder or a sentence classifier would give random tags: refuse it."""
     remedy = "fine-tune one (`bgcli finetune --task ner`) or pass an NER model"
-    require_head(resolved, config, "ForTokenClassification", "token-classification", remedy)
+    require_head(resolved, config, "ner", remedy)
 
 
 def default_stride(window: int) -> int:
@@ -190,106 +189,3 @@ def plain(entity: dict) -> dict[str, Any]:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in entity.items()}
 
 
-# Terminal colours per entity type (the CoNLL types; others cycle through the rest).
-TYPE_STYLES = {"PER": "bold magenta", "ORG": "bold cyan", "LOC": "bold green", "MISC": "bold yellow"}
-OTHER_STYLES = ("bold blue", "bold red", "bold bright_magenta", "bold bright_cyan", "bold bright_green")
-
-
-def entity_type(entity: dict) -> str:
-    from ..io.tagging import split_tag
-
-    return entity.get("entity_group") or split_tag(entity.get("entity", "O"))[1]
-
-
-class EntityWriter(RecordWriter):
-    """Adds two views to the record formats: a terminal table with each text's entities
-    highlighted by type (as displaCy does), and CoNLL token<TAB>tag lines."""
-
-    def __init__(self, fmt: str | None, tokenizer) -> None:
-        super().__init__(fmt, text_key="entities", table_shows_input=True)
-        self.tokenizer = tokenizer
-        if self.format == "conll":
-            self.input_key = "text"  # the tags are laid over the text's words
-
-    def write(self, record: dict) -> None:
-        if self.format != "conll":
-            super().write(record)
-        elif "error" not in record:
-            self._write_conll(record)
-
-    def _write_conll(self, record: dict) -> None:
-        import sys
-
-        rows = conll_rows(record["text"], record["entities"], self.tokenizer)
-        sys.stdout.write("".join(f"{word}\t{tag}\n" for word, tag in rows) + "\n")
-
-    def _write_table(self) -> None:
-        from rich.table import Table
-
-        from ..io.console import make_console
-
-        if not self._held:
-            return
-        table = Table(show_lines=False)
-        table.add_column("text", overflow="fold", ratio=3)
-        table.add_column("entities", overflow="fold", ratio=2)
-        styles: dict[str, str] = {}
-        for record in self._held:
-            if "error" in record:
-                table.add_row(f"line {record['line']}: {record['error']}", "", style="red")
-                continue
-            table.add_row(
-                highlighted(record["text"], record["entities"], styles), entity_list(record["entities"])
-            )
-        make_console(stderr=False).print(table)
-
-
-def style_for(kind: str, styles: dict[str, str]) -> str:
-    if kind not in styles:
-        styles[kind] = TYPE_STYLES.get(kind) or OTHER_STYLES[len(styles) % len(OTHER_STYLES)]
-    return styles[kind]
-
-
-def highlighted(text: str, entities: list[dict], styles: dict[str, str]):
-    """The text with each entity in its type's style and the type after it, dimmed."""
-    from rich.text import Text
-
-    shown = Text()
-    position = 0
-    for entity in sorted(entities, key=lambda e: e["start"]):
-        start, end = entity["start"], entity["end"]
-        if start < position:  # per-token entities (--aggregation none) of one word
-            continue
-        kind = entity_type(entity)
-        shown.append(text[position:start])
-        shown.append(text[start:end], style=style_for(kind, styles))
-        shown.append(f" {kind}", style="dim")
-        position = end
-    shown.append(text[position:])
-    return shown
-
-
-def entity_list(entities: list[dict]) -> str:
-    return ", ".join(f"{e['word']} ({entity_type(e)} {e['score']:.2f})" for e in entities)
-
-
-def conll_rows(text: str, entities: list[dict], tokenizer) -> list[tuple[str, str]]:
-    """The tokenizer's words with BIO tags from the entities' character spans."""
-    from ..io.tagging import spans_to_word_tags, to_bio, words_with_offsets
-
-    words = words_with_offsets(text, tokenizer)
-    if entities and "entity" in entities[0]:  # --aggregation none: a tag per token
-        tags = [_first_token_tag(entities, start, end) for _, (start, end) in words]
-        return list(zip((w for w, _ in words), to_bio(tags)[0], strict=True))
-    spans = []
-    for entity in sorted(entities, key=lambda e: e["start"]):
-        if spans and entity["start"] < spans[-1]["end"]:
-            continue  # --aggregation none: sub-tokens of a word already tagged
-        spans.append({"start": entity["start"], "end": entity["end"], "label": entity_type(entity)})
-    tags, _ = to_bio(spans_to_word_tags(words, spans, "entities"))
-    return [(word, tag) for (word, _), tag in zip(words, tags, strict=True)]
-
-
-def _first_token_tag(entities: list[dict], start: int, end: int) -> str:
-    inside = [e for e in entities if start <= e["start"] < end]
-    return min(inside, key=lambda e: e["start"])["entity"] if inside else "O"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io.output import RecordWriter
 from ..io.records import InputRecord, RecordError, RecordStream, read_input_records, stream_to_writer
+from ..models.heads import require_head
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from .loading import (
     InferenceOptions,
@@ -22,17 +22,9 @@ from .loading import (
     model_max_length,
     padded_batch,
     process_sorted,
-    require_head,
 )
 
-NAME = "qa"
-HELP = "Answer questions from a context (extractive QA): answer span, score and character offsets."
 PANEL = "QA"
-EXAMPLES = (
-    'bgcli qa -m runs/qa --question "Who won Super Bowl 50?" --context article.txt',
-    "cat questions.jsonl | bgcli qa -m runs/qa | jq -c '{id, answer, score}'",
-    "bgcli qa -m runs/qa --questions questions.txt --context article.txt --top-k 3",
-)
 
 
 @dataclass
@@ -80,14 +72,22 @@ class QaConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions):
 CONFIG = QaConfig
 
 
-def run(config: QaConfig) -> None:
+def validate(config: QaConfig) -> None:
     if not config.model:
         raise UsageError("pass the model with --model/-m: a `bgcli finetune --task qa` run dir or a Hub id")
-    records, shared_context = question_records(config)
-    model, tokenizer = load(config)
+
+
+def window(config: QaConfig) -> int:
+    """Questions read ahead and answered together."""
+    return config.batch_size * 8
+
+
+def process(config: QaConfig, records, writer, shared_context: str | None = None, loaded=None) -> None:
+    """Answer `records` (from `question_records`) into `writer`: what the CLI and the Python
+    API both run. `shared_context`: the --context document every question is asked of."""
+    model, tokenizer = load(config) if loaded is None else loaded
     reader = Reader(model, tokenizer, config, shared_context)
-    writer = AnswerWriter(config.format, shared_context, config.context_field)
-    stream_to_writer(records, reader.answer, writer, window=config.batch_size * 8)
+    stream_to_writer(records, reader.answer, writer, window=window(config))
 
 
 def load(config: QaConfig):
@@ -146,7 +146,7 @@ def read_context(source: str) -> str:
 
 def require_qa_head(resolved, config) -> None:
     remedy = "fine-tune one (`bgcli finetune --task qa`) or pass a SQuAD model"
-    require_head(resolved, config, "ForQuestionAnswering", "question-answering", remedy)
+    require_head(resolved, config, "qa", remedy)
 
 
 class Reader:
@@ -225,37 +225,3 @@ class Reader:
         return record
 
 
-class AnswerWriter(RecordWriter):
-    """On a terminal: the question, the answer, and the context around it, answer highlighted."""
-
-    def __init__(self, fmt: str | None, shared_context: str | None, context_field: str) -> None:
-        super().__init__(fmt, text_key="answer")
-        self.shared_context, self.context_field = shared_context, context_field
-        if self.format == "table":
-            self.input_key = "question"  # shown beside its answer
-
-    def _write_table(self) -> None:
-        from rich.table import Table
-        from rich.text import Text
-
-        from ..io.console import make_console
-
-        if not self._held:
-            return
-        table = Table(show_lines=True)
-        for name in ("question", "answer", "score", "in context"):
-            table.add_column(name, overflow="fold")
-        for record in self._held:
-            if "error" in record:
-                table.add_row(f"line {record['line']}: {record['error']}", "", "", "", style="red")
-                continue
-            context = record.get(self.context_field) or self.shared_context or ""
-            shown = Text()
-            if record.get("start") is not None and context:
-                start, end = record["start"], record["end"]
-                shown.append(("..." if start > 80 else "") + context[max(0, start - 80) : start])
-                shown.append(context[start:end], style="bold green")
-                shown.append(context[end : end + 80] + ("..." if end + 80 < len(context) else ""))
-            score = "" if record.get("score") is None else f"{record['score']:.3f}"
-            table.add_row(record.get("question", ""), record.get("answer", ""), score, shown)
-        make_console(stderr=False).print(table)

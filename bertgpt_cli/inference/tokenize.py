@@ -1,21 +1,14 @@
-"""`bgcli tokenize`: how a model's tokenizer splits texts (token counts, truncation checks)."""
+"""Tokenizing (`bgcli tokenize`, `api.tokenize`): how a model's tokenizer splits texts
+(token counts, truncation checks)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..io.console import warn
-from ..io.output import RecordWriter
-from ..io.records import RecordError, read_input_records, stream_to_writer
+from ..io.records import RecordError, RecordStream, read_input_records, stream_to_writer
 from ..models.resolution import load_tokenizer, resolve_model_options
 from ..options import InputOptions, ModelOptions, OutputOptions, option
-
-NAME = "tokenize"
-HELP = "Split texts into a model's tokens: ids, counts, and whether they fit its length limit."
-EXAMPLES = (
-    'bgcli tokenize -m minilm "unbelievably long words"',
-    "cat reviews.txt | bgcli tokenize -m minilm --max-length 128 | jq .fits",
-)
 
 
 @dataclass
@@ -32,12 +25,15 @@ class TokenizeConfig(InputOptions, ModelOptions, OutputOptions):
 CONFIG = TokenizeConfig
 
 
-def run(config: TokenizeConfig) -> None:
-    records = read_input_records(config.texts, config.input, config.input_format, config.text_field)
+def input_records(config: TokenizeConfig) -> RecordStream:
+    return read_input_records(config.texts, config.input, config.input_format, config.text_field)
+
+
+def process(config: TokenizeConfig, records, writer) -> None:
+    """Tokenize `records` into `writer`: what the CLI and the Python API both run."""
     resolved = resolve_model_options(config)
     tokenizer = load_tokenizer(resolved)
     limit = config.max_length or _model_limit(tokenizer)
-    writer = RecordWriter(config.format, text_key="tokens_text", columns=None)
     warned = []
 
     def process(batch):

@@ -127,6 +127,15 @@ class RecordWriter:
         make_console(stderr=False).print(table)
 
 
+def write_record(record: dict | None, fmt: str | None, **writer_options: Any) -> None:
+    """One result record (a run's summary, a report) in the chosen format; None writes nothing."""
+    if record is None:
+        return
+    writer = RecordWriter(fmt, **writer_options)
+    writer.write(record)
+    writer.close()
+
+
 def _union_keys(records: list[dict]) -> list[str]:
     keys: dict[str, None] = {}
     for record in records:

@@ -141,7 +141,7 @@ def read_input_records(
     if texts and input_path:
         raise UsageError("give texts as arguments or --input FILE, not both")
     if texts:
-        return RecordStream(_text_record(i, t) for i, t in enumerate(texts, start=1))
+        return RecordStream(parse_text_record(i, t) for i, t in enumerate(texts, start=1))
     if input_format == "auto" and pair_field and (input_path or "").endswith(".tsv"):
         input_format = "tsv"
     if input_path in (None, "-"):
@@ -199,11 +199,11 @@ def _read_lines(
         if decode_error:
             yield InputRecord(number, None, error=decode_error)
         elif jsonl:
-            yield _jsonl_record(number, text, text_field)
+            yield parse_jsonl_record(number, text, text_field)
         elif input_format == "tsv":
             yield _tsv_record(number, text, pair_field)
         else:
-            yield _text_record(number, text)
+            yield parse_text_record(number, text)
 
 
 def _decoded_lines(stream: BinaryIO, raw_lines: Iterable[bytes]) -> Iterator[tuple[int, str, str | None]]:
@@ -236,7 +236,7 @@ def _peek_first_non_empty(lines: Iterator[tuple[int, str, str | None]]):
     return first, itertools.chain(buffered, lines)
 
 
-def _text_record(number: int, text: str) -> InputRecord:
+def parse_text_record(number: int, text: str) -> InputRecord:
     if not text.strip():
         return InputRecord(number, None, error="empty line; remove it or give it a text", blank=True)
     return InputRecord(number, text)
@@ -260,7 +260,7 @@ def _tsv_unescape(cell: str) -> str:
     return re.sub(r"\\([\\tnr])", lambda m: {"t": "\t", "n": "\n", "r": "\r"}.get(m[1], m[1]), cell)
 
 
-def _jsonl_record(number: int, line: str, text_field: str) -> InputRecord:
+def parse_jsonl_record(number: int, line: str, text_field: str) -> InputRecord:
     if not line.strip():
         return InputRecord(number, None, error="empty line; every line must be a JSON object", blank=True)
     try:

@@ -1,6 +1,6 @@
-"""`bgcli export`: a model dir as ONNX (torch.onnx.export, dynamic batch and sequence axes),
-optionally int8 (onnxruntime's dynamic quantization), with its tokenizer and config, checked
-against PyTorch before it is written. classify, fill-mask and embed run the result through
+"""Export (`bgcli export`, `api.export`): a model dir as ONNX (torch.onnx.export, dynamic batch
+and sequence axes), optionally int8 (onnxruntime's dynamic quantization), with its tokenizer
+and config, checked against PyTorch before it is written. classify, fill-mask and embed run the result through
 onnxruntime (`-m OUT`)."""
 
 from __future__ import annotations
@@ -11,16 +11,10 @@ from pathlib import Path
 from ..errors import UsageError
 from ..io.console import info, warn
 from ..options import OutputOptions, option
+from .heads import EXPORT_TASKS, detect_task, head_for, require_head
 
-NAME = "export"
-HELP = "Export a model to ONNX (optionally int8) for onnxruntime; classify/fill-mask/embed run it."
 PANEL = "Export"
-EXAMPLES = (
-    "bgcli export -m runs/rt --format onnx -o runs/rt-onnx",
-    "bgcli export -m runs/rt --quantize int8 -o runs/rt-int8 && bgcli classify -m runs/rt-int8 'dull'",
-    "bgcli export -m minilm --task feature-extraction -o minilm-onnx",
-)
-TASKS = ("auto", "classification", "mlm", "ner", "qa", "feature-extraction")
+TASKS = ("auto", *EXPORT_TASKS)
 CHECK_TEXTS = (
     "a gorgeous, witty movie",
     "the plot was dull and the acting was worse, though the music saved a few scenes",
@@ -64,7 +58,8 @@ class ExportConfig(OutputOptions):
 CONFIG = ExportConfig
 
 
-def run(config: ExportConfig) -> None:
+def run(config: ExportConfig) -> Path:
+    """Export, check against PyTorch, write atomically: the export dir."""
     if not config.model:
         raise UsageError("pass the model to export with --model/-m")
     if not config.output:
@@ -77,8 +72,6 @@ def run(config: ExportConfig) -> None:
     import transformers
 
     from ..io.atomic import save_dir_atomically
-    from ..training.evaluation import detect_task
-    from .onnx import EXPORT_TASKS
     from .resolution import load_config, load_model, load_tokenizer, resolve_model
 
     resolved = resolve_model(config.model, offline=config.offline)
@@ -91,7 +84,11 @@ def run(config: ExportConfig) -> None:
             task = "feature-extraction"
     if task == "clm":
         raise UsageError("causal LMs are not exported (generation needs past key values); export encoders")
-    class_name, outputs = EXPORT_TASKS[task]
+    if task != "feature-extraction":  # a head the model lacks would be exported random
+        remedy = "export it with --task auto (its own head) or feature-extraction"
+        require_head(resolved, model_config, task, remedy)
+    head = head_for(task)
+    class_name, outputs = head.auto_class, list(head.onnx_outputs)
     tokenizer = load_tokenizer(resolved)
     # eager attention: the plain MatMul-Softmax-MatMul pattern onnxruntime's optimizer fuses into one
     # Attention kernel (SDPA traces to a form it does not recognise); same outputs.
@@ -125,6 +122,7 @@ def run(config: ExportConfig) -> None:
     save_dir_atomically(target, write)
     size = (target / "model.onnx").stat().st_size / 2**20
     info(f"exported {config.model} ({task}) to {target}: model.onnx {size:.1f} MB")
+    return target
 
 
 def copy_pooling_config(resolved, folder: Path) -> None:
@@ -132,7 +130,7 @@ def copy_pooling_config(resolved, folder: Path) -> None:
     import json
     import shutil
 
-    from ..inference.embed import model_file
+    from .resolution import model_file
 
     modules = model_file(resolved, "modules.json")
     if modules is None:

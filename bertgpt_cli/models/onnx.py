@@ -11,19 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..errors import UsageError
+from .heads import HEADS, head_for
 
 EXPORT_FILE = "bgcli_export.json"
 ONNX_FILE = "model.onnx"
-
-# What each exported task's graph returns, and the transformers class it stands for.
-EXPORT_TASKS = {
-    "classification": ("AutoModelForSequenceClassification", ["logits"]),
-    "mlm": ("AutoModelForMaskedLM", ["logits"]),
-    "ner": ("AutoModelForTokenClassification", ["logits"]),
-    "qa": ("AutoModelForQuestionAnswering", ["start_logits", "end_logits"]),
-    "feature-extraction": ("AutoModel", ["last_hidden_state"]),
-}
-
 
 def export_info(location: str) -> dict | None:
     """The export record of an exported model dir, None for any other model."""
@@ -49,7 +40,7 @@ class OnnxModel:
     """An onnxruntime session that answers like the transformers model it was exported from."""
 
     def __init__(self, location: str, config: Any, info: dict, auto_class_name: str) -> None:
-        wanted = next((task for task, (name, _) in EXPORT_TASKS.items() if name == auto_class_name), None)
+        wanted = next((h.task for h in HEADS if h.onnx_outputs and h.auto_class == auto_class_name), None)
         if info.get("task") != wanted:
             raise UsageError(
                 f"'{location}' was exported for {info.get('task')}, not {wanted}; export it again with "
@@ -68,7 +59,7 @@ class OnnxModel:
             str(Path(location) / info.get("file", ONNX_FILE)), options, providers=["CPUExecutionProvider"]
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = EXPORT_TASKS[wanted][1]
+        self.output_names = list(head_for(wanted).onnx_outputs)
         self.config = config
         self.info = info
 

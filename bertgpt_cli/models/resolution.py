@@ -257,3 +257,25 @@ def missing_safetensors_message(resolved: ResolvedModel) -> str:
         f"model '{resolved.spec}' has no safetensors weights; bgcli does not load pickled "
         "(.bin) weights: convert it with save_pretrained() in a trusted environment"
     )
+
+
+def model_file(resolved, name: str) -> Path | None:
+    """A file of the model (local dir or Hub cache), or None when it has none."""
+    folder = Path(resolved.location)
+    if folder.is_dir():
+        path = folder / name
+        return path if path.is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(
+            resolved.location,
+            name,
+            revision=resolved.revision,
+            local_files_only=resolved.local_files_only,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except OSError:
+        return None
+    return Path(found) if found else None

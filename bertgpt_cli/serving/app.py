@@ -20,7 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..errors import BgcliError, first_line
+from ..inference import engine
+from ..inference.embed import EmbedConfig, load_embedder
+from ..io.console import info
 from ..io.records import RecordError
+from ..models.heads import TASK_COMMANDS
 from .batcher import (
     Batcher,
     Overloaded,
@@ -32,14 +36,6 @@ from .batcher import (
     options_key,
     output_records,
 )
-
-TASKS = ("classify", "fill-mask", "ner", "qa", "generate")
-
-
-def task_module(command: str):
-    from ..inference import classify, fill_mask, generate, ner, qa
-
-    return {"classify": classify, "fill-mask": fill_mask, "ner": ner, "qa": qa, "generate": generate}[command]
 
 
 class ApiError(Exception):
@@ -73,12 +69,30 @@ class Server:
         self.batchers: dict[tuple, Batcher] = {}
         self.configs: dict[tuple, Any] = {}  # (model, command, options) -> the command's config
 
-    def config(self, module, served: ServedModel, options: dict):
+    def config(self, command: str, served: ServedModel, options: dict):
         """The command's config for these options, built and checked once per distinct request."""
-        key = (served.name, module.NAME, options_key(options))
+        key = (served.name, command, options_key(options))
         if key not in self.configs:
-            self.configs[key] = command_config(module, served, options)
+            self.configs[key] = command_config(command, served, options)
         return self.configs[key]
+
+    def preload(self) -> None:
+        """Load each model for the command its head is for (a classifier for classify, a bare
+        encoder for embeddings: models/heads.py)."""
+        from ..models.heads import serving_command
+        from ..models.resolution import load_config, resolve_model
+
+        for name, served in self.models.items():
+            resolved = resolve_model(served.spec, offline=served.settings.offline)
+            command = serving_command(load_config(resolved))
+            info(f"loading {name} ({served.spec}) for {command}")
+            if command == "embed":
+                config = EmbedConfig(**served.base_values())
+                served.load("embed", lambda config=config: load_embedder(config))
+                continue
+            module = engine(command)
+            config = command_config(command, served, {})
+            served.load(command, lambda module=module, config=config: module.load(config))
 
     def model(self, name: Any) -> ServedModel:
         if not isinstance(name, str) or not name:
@@ -181,7 +195,7 @@ def create_app(server: Server) -> FastAPI:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "bgcli"} for name in server.models]
         return {"object": "list", "data": data}
 
-    for command in TASKS:
+    for command in TASK_COMMANDS:
         app.add_api_route(f"/v1/{command}", _task_endpoint(server, command), methods=["POST"])
 
     @app.post("/v1/embeddings")
@@ -257,8 +271,8 @@ def _task_endpoint(server: Server, command: str):
         served = server.model(body.pop("model", None))
         request.state.model = served.name
         items = texts_of(body, "text", "input")
-        module = task_module(command)
-        config = server.config(module, served, body)
+        module = engine(command)
+        config = server.config(command, served, body)
         loaded = await server.loaded(served, command, lambda: module.load(config))
         records = input_records(items, config.text_field)
         key = (served.name, command, options_key(body))
@@ -277,9 +291,6 @@ def _task_endpoint(server: Server, command: str):
 
 async def embeddings_endpoint(server: Server, request: Request):
     import numpy as np
-
-    from ..cli.commands.embed import EmbedConfig
-    from ..inference.embed import load_embedder
 
     body = await json_body(request)
     served = server.model(body.pop("model", None))
@@ -353,7 +364,7 @@ async def generation_endpoint(server: Server, request: Request, chat: bool):
     served = server.model(body.get("model"))
     request.state.model = served.name
     options = generation_options(body)
-    config = server.config(generate, served, options)
+    config = server.config("generate", served, options)
     loaded = await server.loaded(served, "generate", lambda: generate.load(config))
     tokenizer = loaded[1]
     if chat:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..inference import engine
 from ..io.records import InputRecord, RecordError, error_output
 from ..options import coerce_recipe_value, config_fields, validate_config
 from .client import SERVER_SIDE_FIELDS
@@ -88,14 +89,15 @@ class ServedModel:
             return self.loaded[key]
 
 
-def command_config(module, served: ServedModel, options: dict[str, Any]):
+def command_config(command: str, served: ServedModel, options: dict[str, Any]):
     """The command's typed config: the server's settings plus the request's options, each
     checked as a flag is (type, choices, bounds); unknown options are one line naming them."""
+    module = engine(command)
     fields = {f.name: f for f in config_fields(module.CONFIG) if f.name not in SERVER_SIDE_FIELDS}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UsageError(
-            f"unknown option(s) {', '.join(unknown)} for {module.NAME}; known: {', '.join(sorted(fields))}"
+            f"unknown option(s) {', '.join(unknown)} for {command}; known: {', '.join(sorted(fields))}"
         )
     import typing
 

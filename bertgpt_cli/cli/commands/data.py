@@ -1,24 +1,14 @@
-"""`bgcli data check`: what is wrong with a dataset before training on it (sizes, empty and
-duplicate texts, rows shared between splits, label balance, unseen labels, lengths)."""
+"""`bgcli data check`: what is wrong with a dataset before training on it (engine:
+training/data_check.py); the report's tables live here."""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 
 from ...errors import BgcliError, UsageError
-from ...io.console import info
-from ...options import (
-    OutputOptions,
-    PlainHelpCommand,
-    command_group,
-    examples_epilog,
-    option,
-    same_option,
-    typer_command,
-)
-from ...training.finetune import FinetuneConfig
+from ...training import data_check
+from ..typer_options import PlainHelpCommand, command_group, examples_epilog, typer_command
 
 NAME = "data"
 HELP = "Check a dataset before training: duplicates, split overlap, labels, lengths."
@@ -27,79 +17,15 @@ EXAMPLES = (
     "bgcli data check --train-data movie-reviews@train --test-data movie-reviews@test -m minilm",
     "bgcli data check --task ner --train-data train.conll --eval-data dev.conll -f json | jq .problems",
 )
-DATA = "Data"
+CONFIG = data_check.DataCheckConfig
 
 
-def _borrow(name: str):
-    return same_option(FinetuneConfig, name)
-
-
-@dataclass
-class DataCheckConfig(OutputOptions):
-    train_data: str | None = _borrow("train_data")
-    eval_data: str | None = _borrow("eval_data")
-    test_data: str | None = _borrow("test_data")
-    task: str = _borrow("task")
-    model: str | None = option(
-        None,
-        "Also measure token lengths with this model's tokenizer (dir, Hub id or alias).",
-        short="-m",
-        metavar="MODEL",
-        panel="Model",
-    )
-    max_length: int | None = _borrow("max_length")
-    text_column: str = _borrow("text_column")
-    text_pair_column: str | None = _borrow("text_pair_column")
-    label_column: str = _borrow("label_column")
-    multi_label: bool = _borrow("multi_label")
-    label_separator: str = _borrow("label_separator")
-    data_format: str | None = _borrow("data_format")
-    tokens_column: str = _borrow("tokens_column")
-    tags_column: str = _borrow("tags_column")
-    tag_column: int | None = _borrow("tag_column")
-    question_column: str = _borrow("question_column")
-    context_column: str = _borrow("context_column")
-    offline: bool = _borrow("offline")
-
-    def __post_init__(self) -> None:
-        if self.max_length is None:
-            self.max_length = 384 if self.task == "qa" else 128
-
-
-CONFIG = DataCheckConfig
-
-
-def check(config: DataCheckConfig) -> None:
-    from ...io.data import load_data
-    from ...training.data_check import check_views, length_problems, length_summary, split_view
-
-    if not config.train_data:
-        raise UsageError("pass --train-data SPEC (and --eval-data / --test-data to compare splits)")
-    specs = {"train": config.train_data, "eval": config.eval_data, "test": config.test_data}
-    views = []
-    for name, spec in specs.items():
-        if spec:
-            info(f"reading {name} data {spec}")
-            views.append(split_view(name, load_data(spec, config.data_format, config.tag_column), config))
-    report, problems = check_views(views, config.multi_label)
-    if config.model:
-        tokenizer = load_check_tokenizer(config)
-        for view in views:
-            lengths = length_summary(view, tokenizer, config.max_length)
-            report["splits"][view.name]["tokens"] = lengths
-            problems += length_problems(view.name, lengths, config.task)
-    report["problems"] = [p.as_dict() for p in problems]
-    report["ok"] = not any(p.severity == "error" for p in problems)
+def check(config: data_check.DataCheckConfig) -> None:
+    report = data_check.run(config)
     show(report, config.format)
     if not report["ok"]:
-        errors = sum(p.severity == "error" for p in problems)
+        errors = sum(p["severity"] == "error" for p in report["problems"])
         raise BgcliError(f"{errors} problem(s) would make training or evaluation wrong (listed above)")
-
-
-def load_check_tokenizer(config: DataCheckConfig):
-    from ...models.resolution import load_tokenizer, resolve_model
-
-    return load_tokenizer(resolve_model(config.model, offline=config.offline))
 
 
 def show(report: dict, fmt: str | None) -> None:
@@ -163,4 +89,4 @@ APP.command(
     "training or evaluation wrong.",
     epilog=examples_epilog(EXAMPLES),
     cls=PlainHelpCommand,
-)(typer_command(DataCheckConfig, check))
+)(typer_command(data_check.DataCheckConfig, check))

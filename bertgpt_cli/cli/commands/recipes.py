@@ -10,8 +10,9 @@ import typer
 
 from ...errors import UsageError
 from ...io.output import RecordWriter
-from ...options import OutputOptions, PlainHelpCommand, command_group, typer_command
+from ...options import OutputOptions
 from ...training.recipes import find_recipe, read_recipe, recipe_command, recipe_dirs, recipe_names
+from ..typer_options import PlainHelpCommand, command_group, typer_command
 
 NAME = "recipes"
 HELP = "List, show and copy the ready-made fine-tuning recipes."

@@ -96,7 +96,7 @@ def run(config: ServeConfig) -> None:
         specs, settings, api_key, int(config.max_body_mb * 2**20), config.request_timeout, config.quiet
     )
     if config.preload:
-        preload(server)
+        server.preload()
     info(f"serving {', '.join(f'{n}={s}' for n, s in specs.items())} on http://{config.host}:{config.port}")
     uvicorn.run(
         create_app(server),
@@ -106,31 +106,3 @@ def run(config: ServeConfig) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-
-
-def preload(server) -> None:
-    """Load each model for the command its head is for (a classifier for classify...)."""
-    from ...models.resolution import load_config, resolve_model
-    from ...serving.batcher import command_config
-    from ...training.evaluation import detect_task
-
-    for name, served in server.models.items():
-        resolved = resolve_model(served.spec, offline=served.settings.offline)
-        try:
-            task = detect_task(load_config(resolved), {})
-        except UsageError:
-            task = "embed"  # a bare encoder: embeddings
-        command = {"classification": "classify", "mlm": "fill-mask", "clm": "generate"}.get(task, task)
-        info(f"loading {name} ({served.spec}) for {command}")
-        if command == "embed":
-            from ...inference.embed import load_embedder
-            from .embed import EmbedConfig
-
-            config = EmbedConfig(**served.base_values())
-            served.load("embed", lambda config=config: load_embedder(config))
-            continue
-        from ...serving.app import task_module
-
-        module = task_module(command)
-        config = command_config(module, served, {})
-        served.load(command, lambda module=module, config=config: module.load(config))

@@ -1,4 +1,4 @@
-"""The interface every fine-tuning task implements; training.py only talks to this.
+"""The interface every fine-tuning task implements; training/engine.py only talks to this.
 
 A task decides how records become examples, which head the model gets, how the loss and
 the eval metrics are computed, and what the run report says about it. Defaults here are
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...models.heads import Head, head_for
+
 
 class Task:
     name = ""
-    pipeline_tag = ""
+    head_task = ""  # the row of models/heads.py whose head this task trains (default: `name`)
     default_metric = "loss"
     card_metrics: tuple[str, ...] = ("loss",)
     # The Trainer reads eval data in length-grouped order; a task whose metrics map
@@ -23,6 +25,14 @@ class Task:
     # Plain-text files: one record per blank-line separated paragraph (a document) instead of
     # one per line.
     documents_per_paragraph = False
+
+    @property
+    def head(self) -> Head:
+        return head_for(self.head_task or self.name)
+
+    @property
+    def pipeline_tag(self) -> str:
+        return self.head.pipeline_tag
 
     def __init__(self, config, tokenizer):
         self.config = config

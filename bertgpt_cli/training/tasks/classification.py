@@ -146,7 +146,6 @@ def _value_text(split: str):
 
 class ClassificationTask(Task):
     name = "classification"
-    pipeline_tag = "text-classification"
     default_metric = "f1_macro"
     card_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 

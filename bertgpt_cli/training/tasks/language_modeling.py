@@ -138,7 +138,6 @@ class LanguageModelingTask(Task):
 
 class MaskedLMTask(LanguageModelingTask):
     name = "mlm"
-    pipeline_tag = "fill-mask"
     card_metrics = ("loss", "perplexity", "top1_accuracy", "top5_accuracy")
     stat_names = ("loss_sum", "tokens", "top1_accuracy", "top5_accuracy")
     default_prompts = ("This movie was [MASK] and I loved it.", "The [MASK] was the best part of the film.")
@@ -382,7 +381,6 @@ class MaskedPositionsProjection:
 
 class CausalLMTask(LanguageModelingTask):
     name = "clm"
-    pipeline_tag = "text-generation"
     card_metrics = ("loss", "perplexity", "next_token_accuracy")
     stat_names = ("loss_sum", "tokens", "next_token_accuracy")
     projected_share = 1.0

@@ -34,7 +34,6 @@ class Layout:
 
 class NerTask(Task):
     name = "ner"
-    pipeline_tag = "token-classification"
     default_metric = "f1"
     card_metrics = ("f1", "precision", "recall", "accuracy")
     ordered_eval = True  # windows are put back into sentences by position

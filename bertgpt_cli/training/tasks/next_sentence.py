@@ -31,6 +31,7 @@ def split_sentences(text: str) -> list[str]:
 
 class MaskedLMWithNspTask(MaskedLMTask):
     name = "mlm+nsp"
+    head_task = "mlm"
     card_metrics = ("loss", "mlm_loss", "perplexity", "top1_accuracy", "top5_accuracy", "nsp_accuracy")
     stat_names = ("loss_sum", "tokens", "top1_accuracy", "top5_accuracy", "nsp_loss", "nsp_correct")
     documents_per_paragraph = True  # text files: a document is a blank-line separated paragraph

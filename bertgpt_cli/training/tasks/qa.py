@@ -30,7 +30,6 @@ class QaLayout:
 
 class QaTask(Task):
     name = "qa"
-    pipeline_tag = "question-answering"
     default_metric = "f1"
     card_metrics = ("exact_match", "f1")
     ordered_eval = True  # windows are put back into questions by position

