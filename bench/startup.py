@@ -57,4 +57,12 @@ def run() -> list[Result]:
             baseline_name="transformers chat --help",
             repeats=7,
         ),
+        # The lazy command table: `classify --help` imports classify's modules only.
+        compare_times(
+            "startup: classify --help",
+            lambda: run_help([str(BIN / "bgcli"), "classify", "--help"]),
+            lambda: run_help([str(BIN / "transformers"), "--help"]),
+            baseline_name="transformers --help",
+            repeats=7,
+        ),
     ]

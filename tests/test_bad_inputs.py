@@ -63,6 +63,10 @@ CASES = [
     ("qa with a NER model", ["qa", "-m", "{ner}", "--question", "who?", "--context", "{csv}"], None, 2, "no trained question-answering head", []),
     ("squad unknown split", ["finetune", "--task", "qa", "-m", "{mlm}", "--train-data", "squad@dev", "-o", "{out}"], None, 2, "unknown split '@dev' for squad", None),
     ("qa flag for another task", ["finetune", "-m", "{mlm}", "--train-data", "{csv}", "--doc-stride", "64", "-o", "{out}"], None, 2, "--doc-stride applies to --task qa", None),
+    ("embed over an existing file", ["embed", "-m", "{mlm}", "-o", "{existing_npy}", "a"], None, 2, "already exist(s); pass --overwrite", []),
+    ("embed over someone's rows sidecar", ["embed", "-m", "{mlm}", "-o", "{sidecar_only}", "a"], None, 2, "mine.rows.jsonl already exist(s)", []),
+    ("data check with an unknown label column", ["data", "check", "--train-data", "{csv}", "--label-column", "nope"], None, 2, "no column 'nope'", None),
+    ("export a classifier as qa", ["export", "-m", "{cls}", "--task", "qa", "-o", "{out}"], None, 2, "no trained question-answering head", []),
     ("conll2003 unknown split", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "conll2003@dev", "-o", "{out}"], None, 2, "unknown split '@dev' for conll2003", None),
 ]
 # fmt: on
@@ -97,6 +101,9 @@ def places(
     (root / "mismatch.jsonl").write_text(
         json.dumps({"tokens": ["paris", "is"], "ner_tags": ["B-LOC"]}) + "\n"
     )
+    (root / "existing.npy").write_bytes(b"someone's vectors")
+    (root / "sidecar").mkdir()
+    (root / "sidecar" / "mine.rows.jsonl").write_text('{"text": "theirs"}\n')
     recipe = root / "bad.yaml"
     recipe.write_text(f"model: {tiny_bert_dir}\ntrain_data: {csv}\nepochs: three\n")
     return {
@@ -119,6 +126,8 @@ def places(
         "conll_one_column": str(root / "one-column.conll"),
         "conll_only_o": str(root / "only-o.conll"),
         "ner_mismatch": str(root / "mismatch.jsonl"),
+        "existing_npy": str(root / "existing.npy"),
+        "sidecar_only": str(root / "sidecar" / "mine.npy"),
     }
 
 

@@ -43,3 +43,19 @@ def test_models_lists_aliases_and_common_hub_ids(cli):
 def test_models_text_format_is_names(cli):
     result = cli(["models", "--format", "text"])
     assert result.stdout.split() == list(BUILTIN_MODELS) + list(COMMON_HUB_MODELS)
+
+
+def test_models_lists_what_each_model_can_do_from_the_commands(cli):
+    """The uses come from the table of heads and the finetune tasks, so a new task shows up."""
+    from bertgpt_cli.models.heads import FINETUNE_TASKS
+
+    records = {r["name"]: r for r in map(json.loads, cli(["models"]).stdout.splitlines())}
+    minilm, smollm2, bert = (
+        records["minilm"]["tasks"],
+        records["smollm2"]["tasks"],
+        records["bert-base-uncased"]["tasks"],
+    )
+    for use in ("embed", "search", "pretrain --tokenizer", *(t for t in FINETUNE_TASKS if t != "clm")):
+        assert use in minilm, (use, minilm)
+    assert "fill-mask" not in minilm and "fill-mask" in bert  # a bare encoder has no MLM head
+    assert smollm2.startswith("generate") and "finetune (clm)" in smollm2 and "classification" not in smollm2

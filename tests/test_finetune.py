@@ -636,3 +636,27 @@ def test_model_card_names_the_eval_data_or_none():
     assert "eval: `none`" in eval_line(eval_split=0.0)
     assert "eval: `10% of train`" in eval_line(eval_split=0.1)
     assert "eval: `dev.csv`" in eval_line(eval_data="dev.csv")
+
+
+def test_every_file_of_a_run_and_its_export_follows_the_umask(cli, tiny_bert_dir, reviews, tmp_path):
+    """The safetensors writer creates 0600 files; a colleague must be able to load the model."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        result = finetune(cli, tiny_bert_dir, out, "--train-data", str(reviews["train"]))
+        assert result.code == 0, result.stderr
+        assert list(out.glob("checkpoint-*/model.safetensors"))  # checkpoints are walked too
+        exported = cli(["export", "-m", str(out), "-o", str(tmp_path / "onnx"), "--quiet"])
+        assert exported.code == 0, exported.stderr
+    finally:
+        os.umask(previous)
+    wrong = []
+    for folder in (out, tmp_path / "onnx"):
+        for path in [folder, *folder.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode != (0o755 if path.is_dir() else 0o644):
+                wrong.append(f"{path.relative_to(tmp_path)} {oct(mode)}")
+    assert not wrong, wrong

@@ -186,3 +186,44 @@ def test_squad_v2_data_switches_to_no_answer_scoring(cli, tiny_bert_dir, tmp_pat
     assert "no-answer" in result.stderr
     scores = json.loads((tmp_path / "run/metrics.json").read_text())["eval"]
     assert {"eval_exact_match", "eval_f1", "eval_HasAns_f1", "eval_NoAns_f1"} <= set(scores)
+
+
+def test_inference_accepts_the_windows_training_accepts(cli, qa_run, tmp_path):
+    """finetune --task qa trains with any stride below the room left for the context (run_qa's
+    rule); bgcli qa and eval take the same windows (they refused a stride of half the window)."""
+    folder, _ = qa_run
+    context = tmp_path / "doc.txt"
+    context.write_text(" ".join(["the story was slow"] * 30) + " the capital is rome and the end")
+    args = ["qa", "-m", str(folder / "run"), "--question", "what is the capital?", "--context", str(context)]
+    result = cli([*args, "--max-length", "32", "--doc-stride", "16", "-f", "jsonl"])
+    assert result.code == 0, result.stderr
+    evaluated = cli(
+        ["eval", "-m", str(folder / "run"), "--data", str(folder / "dev.jsonl"), "--doc-stride", "16"]
+    )
+    assert evaluated.code == 0, evaluated.stderr
+    refused = cli([*args, "--max-length", "32", "--doc-stride", "29"])
+    assert refused.code == 2 and "--doc-stride 29 must be less than the 29 tokens" in refused.stderr
+
+
+def test_a_question_longer_than_the_window_is_a_bad_record_not_a_failed_batch(cli, qa_run):
+    folder, _ = qa_run
+    long_context = " ".join(["the story was slow"] * 20) + " the capital is rome"
+    rows = [
+        {"id": 1, "question": "what is the capital?", "context": long_context},
+        {
+            "id": 2,
+            "question": " ".join(["what is the capital of this country"] * 10),
+            "context": long_context,
+        },
+        {"id": 3, "question": "what is the capital?", "context": "the capital is paris"},
+    ]
+    stdin = "".join(json.dumps(r) + "\n" for r in rows)
+    result = cli(
+        ["qa", "-m", str(folder / "run"), "--max-length", "32", "--doc-stride", "8", "-f", "jsonl"], stdin
+    )
+    assert result.code == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in out] == [1, 2, 3]
+    assert "answer" in out[0] and "answer" in out[2]
+    assert out[1]["line"] == 2 and "leaves 0 of the 32-token window" in out[1]["error"]
+    assert "line 2: the question is" in result.stderr and "Traceback" not in result.stderr

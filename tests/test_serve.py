@@ -343,3 +343,88 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path, chat_model_dir):
 def test_other_addresses_need_an_api_key(cli, tiny_classifier_dir):
     result = cli(["serve", "-m", f"rt={tiny_classifier_dir}", "--host", "0.0.0.0"])
     assert result.code == 2 and "--api-key" in result.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(cli):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = cli(["serve", "-m", "minilm", "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.code == 2
+    assert (
+        result.stderr.strip()
+        == f"error: port {port} on 127.0.0.1 is in use by another program; pick another with --port"
+    )
+
+
+def test_health_tells_strangers_only_ready_and_never_paths(tmp_path, tiny_classifier_dir, monkeypatch):
+    import httpx
+
+    running = RunningServer(["-m", f"rt={tiny_classifier_dir}", "--api-key", "k3y"], tmp_path)
+    try:
+        anonymous = httpx.get(running.url + "/health").json()
+        keyed = httpx.get(running.url + "/health", headers={"Authorization": "Bearer k3y"}).json()
+        monkeypatch.delenv("BGCLI_API_KEY", raising=False)
+        from bertgpt_cli.errors import UsageError
+        from bertgpt_cli.serving.client import server_models
+
+        with pytest.raises(UsageError, match="needs its API key: set \\$BGCLI_API_KEY"):
+            server_models(running.url)
+    finally:
+        assert running.stop() in CLEAN_EXITS
+    assert anonymous == {"status": "ok"}
+    assert keyed == {"status": "ok", "models": {"rt": {"loaded": []}}}
+    assert str(tiny_classifier_dir) in running.log.read_text()  # the paths stay in the server's log
+
+
+def test_a_model_path_that_does_not_exist_stops_the_server_at_start(cli, tmp_path):
+    result = cli(["serve", "-m", f"bad={tmp_path / 'nonexistent'}"])
+    assert result.code == 2 and "model dir" in result.stderr and "not found" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ({"n": "3"}, '"n" must be a whole number >= 1'),
+        ({"n": 0}, '"n" must be a whole number >= 1'),
+        ({"n": 2, "temperature": 0}, '"n" > 1 needs sampling'),
+        ({"n": 5000, "temperature": 1}, "the server queues at most 1024"),
+    ],
+)
+def test_client_mistakes_in_completions_are_4xx_not_500(server, extra, message):
+    import httpx
+
+    body = {"model": "gpt", "prompt": "hello", "max_tokens": 2, **extra}
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert response.status_code in (400, 413), response.text
+    assert message in response.json()["error"]["message"]
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_client_sends_windows_a_small_queue_accepts(tmp_path, tiny_classifier_dir):
+    import httpx
+
+    running = RunningServer(["-m", f"rt={tiny_classifier_dir}", "--max-queue", "4"], tmp_path)
+    try:
+        texts = [f"text {i}" for i in range(20)]
+        too_many = httpx.post(running.url + "/v1/classify", json={"model": "rt", "text": texts}, timeout=60)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        piped = subprocess.run(
+            [sys.executable, "-m", "bertgpt_cli", "classify", "--server", running.url, "-m", "rt"],
+            input="\n".join(texts) + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        assert running.stop() in CLEAN_EXITS
+    assert too_many.status_code == 413 and "at most 4" in too_many.json()["error"]["message"]
+    assert piped.returncode == 0, piped.stderr
+    assert len(piped.stdout.splitlines()) == 20

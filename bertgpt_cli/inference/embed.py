@@ -273,6 +273,9 @@ class EmbedConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, E
         panel="Output",
         metavar="FILE",
     )
+    overwrite: bool = option(
+        False, "Replace an existing --output file (and its .rows.jsonl sidecar).", panel="Output"
+    )
 
 
 CONFIG = EmbedConfig
@@ -283,7 +286,7 @@ def validate(config: EmbedConfig) -> None:
     if config.output:
         from ..io.embedding_files import check_output_path
 
-        check_output_path(config.output)
+        check_output_path(config.output, config.overwrite)
 
 
 def input_records(config: EmbedConfig) -> RecordStream:
@@ -304,7 +307,7 @@ def process(config: EmbedConfig, records, writer, embedder=None) -> None:
         return
     from ..io.embedding_files import EmbeddingFileWriter, check_output_path, rows_path
 
-    path = check_output_path(config.output)
+    path = check_output_path(config.output, config.overwrite)
     rows = embed_stream(
         records, embedder, EmbeddingFileWriter(path, embedder.dimension), config.batch_size, True
     )

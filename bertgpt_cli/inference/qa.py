@@ -159,11 +159,9 @@ class Reader:
         self.shared_context = shared_context
         self.window = min(config.max_length, model_max_length(tokenizer, model))
         self.stride = config.doc_stride if config.doc_stride is not None else min(128, self.window // 4)
-        if self.stride >= self.window // 2:
-            raise UsageError(
-                f"--doc-stride {self.stride} is too large for windows of {self.window} tokens; "
-                f"use less than {self.window // 2}"
-            )
+        from .qa_decoding import check_stride
+
+        check_stride(tokenizer, self.window, self.stride)  # the rule finetune --task qa trains with
 
     def answer(self, records: list[InputRecord]) -> list:
         from .qa_decoding import make_windows
@@ -184,7 +182,10 @@ class Reader:
             start, end = logits[window]
             per_question[pair].append((start, end, windows.context_offsets[window]))
         for pair, index in enumerate(usable):
-            results[index] = [self._record(contexts[index], per_question[pair])]
+            if pair in windows.refused:  # a bad record; the other questions are answered
+                results[index] = RecordError(windows.refused[pair])
+            else:
+                results[index] = [self._record(contexts[index], per_question[pair])]
         return results
 
     def _context(self, record: InputRecord):

@@ -9,10 +9,12 @@ than max_answer_length tokens, mapped back to characters of the original context
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..errors import UsageError
 
 
 @dataclass
@@ -23,23 +25,31 @@ class Windows:
     owner: list[int]  # the pair each window belongs to
     # Per window position: the (start, end) characters of a context token, None elsewhere.
     context_offsets: list[list[tuple[int, int] | None]]
+    # Pairs that get no window, with the reason: a question too long for the window.
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 def make_windows(
     tokenizer, questions: list[str], contexts: list[str], max_length: int, stride: int
 ) -> Windows:
     """Question first, context second; only the context is cut (`only_second`), with `stride`
-    tokens shared by neighbouring windows. Right-padding models only (as run_qa)."""
+    tokens shared by neighbouring windows. Right-padding models only (as run_qa). A pair the
+    tokenizer cannot cut this way (its question leaves no more than `stride` tokens of the window
+    for the context) gets no window and a reason in `refused`; the others are not affected."""
+    check_stride(tokenizer, max_length, stride)
+    questions = [q.lstrip() for q in questions]  # leading spaces make some tokenizers fail to truncate
+    refused = questions_that_do_not_fit(tokenizer, questions, contexts, max_length, stride)
+    kept = [i for i in range(len(questions)) if i not in refused]
     encoded = tokenizer(
-        [q.lstrip() for q in questions],  # leading spaces make some tokenizers fail to truncate
-        contexts,
+        [questions[i] for i in kept],
+        [contexts[i] for i in kept],
         truncation="only_second",
         max_length=max_length,
         stride=stride,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
     )
-    owner = list(encoded.pop("overflow_to_sample_mapping"))
+    owner = [kept[i] for i in encoded.pop("overflow_to_sample_mapping")]
     offsets = encoded.pop("offset_mapping")
     context_offsets = []
     for window, window_offsets in enumerate(offsets):
@@ -47,7 +57,44 @@ def make_windows(
         context_offsets.append(
             [tuple(span) if sequence[i] == 1 else None for i, span in enumerate(window_offsets)]
         )
-    return Windows(encoded, owner, context_offsets)
+    return Windows(encoded, owner, context_offsets, refused)
+
+
+def check_stride(tokenizer, max_length: int, stride: int) -> None:
+    """The one rule for every QA window (finetune --task qa, qa, eval, serve), as run_qa and the
+    tokenizer have it: the overlap must be smaller than the room the window leaves for the
+    context, so a stride that even an empty question would not leave room for is refused."""
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if stride >= room:
+        raise UsageError(
+            f"--doc-stride {stride} must be less than the {room} tokens a {max_length}-token window "
+            f"holds besides its special tokens (less still with the question); lower --doc-stride "
+            "or raise --max-length"
+        )
+
+
+def questions_that_do_not_fit(
+    tokenizer, questions: list[str], contexts: list[str], max_length: int, stride: int
+) -> dict[int, str]:
+    """Pairs whose context must be cut but whose question leaves it no more than `stride` tokens
+    of the window (the tokenizer's "stride must be strictly less than max_len"), with why."""
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    question_lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    suspects = [i for i, n in enumerate(question_lengths) if max_length - specials - n <= stride]
+    if not suspects:
+        return {}
+    context_lengths = tokenizer([contexts[i] for i in suspects], add_special_tokens=False)["input_ids"]
+    refused = {}
+    for i, context_ids in zip(suspects, context_lengths, strict=True):
+        if question_lengths[i] + len(context_ids) + specials <= max_length:
+            continue  # fits in one window: nothing to cut
+        room = max(max_length - specials - question_lengths[i], 0)
+        refused[i] = (
+            f"the question is {question_lengths[i]} tokens and leaves {room} of the {max_length}-token "
+            f"window for the context, not more than --doc-stride {stride}; shorten the question, or "
+            "raise --max-length / lower --doc-stride"
+        )
+    return refused
 
 
 def answer_positions(

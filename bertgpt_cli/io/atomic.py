@@ -17,6 +17,20 @@ def umask_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~current
 
 
+def apply_umask(folder: Path) -> None:
+    """Give every file and folder under `folder` the mode the user's umask says. Writers that
+    create files 0600 (the safetensors writer, mkstemp) would otherwise leave a model that a
+    colleague on a shared machine cannot load."""
+    os.chmod(folder, umask_mode(directory=True))
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), umask_mode(directory=True))
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, umask_mode())
+
+
 def temp_prefix(target: Path) -> str:
     return f".{target.name}.tmp-"
 
@@ -31,7 +45,7 @@ def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     temp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         write(temp)
-        os.chmod(temp, umask_mode(directory=True))
+        apply_umask(temp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)

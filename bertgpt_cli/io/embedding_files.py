@@ -25,7 +25,9 @@ NPY_HEADER_BYTES = 128  # room for any (rows, dim) shape; a multiple of 64 as nu
 SAFETENSORS_HEADER_BYTES = 1024  # 8-aligned; JSON header padded with spaces
 
 
-def check_output_path(output: str) -> Path:
+def check_output_path(output: str, overwrite: bool = False) -> Path:
+    """A vectors file to write: a known format, in an existing folder, and (unless `overwrite`)
+    replacing neither an existing file nor the rows sidecar it would write beside it."""
     path = Path(output)
     if path.suffix not in FILE_FORMATS:
         raise UsageError(f"--output '{output}' must end in {', '.join(FILE_FORMATS)} (the file format)")
@@ -33,6 +35,14 @@ def check_output_path(output: str) -> Path:
         raise UsageError(f"--output '{output}' is a directory; name a file")
     if not path.parent.is_dir():
         raise UsageError(f"--output folder '{path.parent}' does not exist; create it first")
+    if not overwrite:
+        written = [path] + ([rows_path(path)] if path.suffix != ".parquet" else [])
+        existing = [str(p) for p in written if p.exists()]
+        if existing:
+            raise UsageError(
+                f"{' and '.join(existing)} already exist(s); pass --overwrite to replace them, "
+                "or name another --output"
+            )
     return path
 
 

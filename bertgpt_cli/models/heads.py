@@ -131,8 +131,18 @@ def serving_command(model_config) -> str:
     return head.command if head else "embed"
 
 
-def command_for_pipeline_tag(tag: str) -> str:
-    return next(head.command for head in HEADS if head.pipeline_tag == tag)
+def model_uses(architecture: str) -> str:
+    """What bgcli can do with a model of this architecture (`bgcli models`), from this table:
+    the command its head serves, embeddings and search for encoders (a decoder's first-token
+    vector says little), the fine-tuning tasks it can start (an encoder any but clm, a decoder
+    clm), and its tokenizer for a model pre-trained from scratch."""
+    head = head_of_architectures([architecture])
+    decoder = head is not None and head.task == "clm"
+    uses = [head.command] if head is not None and head.command != "embed" else []
+    uses += [] if decoder else ["embed", "search"]
+    tasks = ["clm"] if decoder else [task for task in FINETUNE_TASKS if task != "clm"]
+    uses += [f"finetune ({', '.join(tasks)})", "pretrain --tokenizer"]
+    return ", ".join(uses)
 
 
 def require_head(resolved, config, task: str, remedy: str) -> None:

@@ -59,21 +59,29 @@ def resolve_model(
     """Decide where a model comes from, without importing transformers."""
     if offline:
         go_offline()
+    check_model_spec(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UsageError(not_a_model_dir_message(spec, path))
         source = "scratch" if (path / FROM_SCRATCH_MARKER).is_file() else "local"
         return ResolvedModel(spec, str(path), source, True, None, trust_remote_code)
     if spec in BUILTIN_MODELS:
         model_dir = BUILTIN_MODELS[spec].model_dir()
         return ResolvedModel(spec, str(model_dir), "alias", True, None, trust_remote_code)
-    if _looks_like_path(spec) or path.exists():
+    return _resolve_hub_id(spec, revision, trust_remote_code)
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a local spec that is no model dir, without loading, converting an alias or asking
+    the Hub (`bgcli serve` checks every -m this way before it starts listening)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(not_a_model_dir_message(spec, path))
+    elif spec not in BUILTIN_MODELS and (_looks_like_path(spec) or path.exists()):
         raise UsageError(
             f"model dir '{spec}' not found; check the path, or use a Hub id or a built-in "
             f"alias ({ALIASES_HINT})"
         )
-    return _resolve_hub_id(spec, revision, trust_remote_code)
 
 
 def not_a_model_dir_message(spec: str, path: Path) -> str:

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..errors import BgcliError, first_line
+from ..errors import BgcliError, UsageError, first_line
 from ..inference import engine
 from ..inference.embed import EmbedConfig, load_embedder
 from ..io.console import info
@@ -30,12 +30,47 @@ from .batcher import (
     Overloaded,
     ServedModel,
     ServeSettings,
+    TooLarge,
     UnknownModel,
     command_config,
     input_records,
     options_key,
     output_records,
 )
+
+
+def listening_socket(host: str, port: int):
+    """The server's socket, bound here rather than by uvicorn, so a port in use (or an address
+    this machine does not have) is one line and exit 2 instead of uvicorn's log and exit 3."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"port {port} on {host} is in use by another program; pick another with --port"
+            ) from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_app(server: Server, sock) -> None:
+    """uvicorn on the bound socket, until SIGINT / SIGTERM."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(server), log_level="warning", access_log=False, timeout_graceful_shutdown=30
+    )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 class ApiError(Exception):
@@ -94,6 +129,9 @@ class Server:
             config = command_config(command, served, {})
             served.load(command, lambda module=module, config=config: module.load(config))
 
+    def authorized(self, request: Request) -> bool:
+        return not self.api_key or request.headers.get("authorization") == f"Bearer {self.api_key}"
+
     def model(self, name: Any) -> ServedModel:
         if not isinstance(name, str) or not name:
             raise ApiError(400, 'pass "model": the name of one of the served models (GET /v1/models)')
@@ -115,14 +153,18 @@ class Server:
             )
         return self.batchers[key]
 
-    async def run_records(self, request: Request, served: ServedModel, key: tuple, make_processor, records):
-        """Good records through the model's batcher; every record's result, in order."""
+    async def run_records(
+        self, request: Request, served: ServedModel, key: tuple, make_processor, records, per_record: int = 1
+    ):
+        """Good records through the model's batcher; every record's result, in order.
+        `per_record`: what each weighs against --max-queue (completions per prompt)."""
         good = [r for r in records if r.error is None]
         results: list = []
         if good:
             batcher = self.batcher(served, key, make_processor)
+            submitted = batcher.submit(good, len(good) * per_record)
             try:
-                results, size = await asyncio.wait_for(batcher.submit(good), self.request_timeout_s)
+                results, size = await asyncio.wait_for(submitted, self.request_timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(
                     504, f"the request took longer than {self.request_timeout_s:g} s", "timeout"
@@ -171,6 +213,10 @@ def create_app(server: Server) -> FastAPI:
         body = error_body(f"the server is busy ({exc}); retry shortly", "overloaded")
         return JSONResponse(body, 503, headers={"Retry-After": "1"})
 
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, exc: TooLarge):
+        return JSONResponse(error_body(str(exc), "invalid_request_error"), 413)
+
     @app.exception_handler(BgcliError)
     async def usage_error(request: Request, exc: BgcliError):
         status = 404 if isinstance(exc, UnknownModel) else 400
@@ -186,9 +232,13 @@ def create_app(server: Server) -> FastAPI:
         return JSONResponse(error_body(f"internal error: {first_line(exc)}", "server_error"), 500)
 
     @app.get("/health")
-    async def health():
-        models = {n: {"model": m.spec, "loaded": sorted(m.loaded)} for n, m in server.models.items()}
-        return {"status": "ok", "models": models}
+    async def health(request: Request):
+        """Ready or not, for anyone (load balancers); the model names and what each has loaded
+        only for clients with the key. Local paths never leave the server (its log has them)."""
+        body: dict[str, Any] = {"status": "ok"}
+        if server.authorized(request):
+            body["models"] = {n: {"loaded": sorted(m.loaded)} for n, m in server.models.items()}
+        return body
 
     @app.get("/v1/models")
     async def list_models():
@@ -251,11 +301,10 @@ class GuardAndLog:
 
 def _refusal(server: Server, request: Request) -> JSONResponse | None:
     """Checks before the body is read: the API key and the declared body size."""
-    if server.api_key and request.url.path != "/health":
-        if request.headers.get("authorization") != f"Bearer {server.api_key}":
-            return JSONResponse(
-                error_body("missing or wrong API key (Authorization: Bearer KEY)", "auth_error"), 401
-            )
+    if request.url.path != "/health" and not server.authorized(request):
+        return JSONResponse(
+            error_body("missing or wrong API key (Authorization: Bearer KEY)", "auth_error"), 401
+        )
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > server.max_body_bytes:
         message = (
@@ -352,8 +401,16 @@ def generation_options(body: dict) -> dict[str, Any]:
         options["stop"] = stop
     if body.get("seed") is not None:
         options["seed"] = body["seed"]
-    if (body.get("n") or 1) > 1:
-        options["num_return_sequences"] = body["n"]
+    n = body.get("n", 1)
+    n = 1 if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ApiError(400, '"n" must be a whole number >= 1')
+    if n > 1:
+        if temperature == 0:
+            raise ApiError(
+                400, '"n" > 1 needs sampling ("temperature" > 0): greedy decoding gives one answer'
+            )
+        options["num_return_sequences"] = n
     return options
 
 
@@ -400,7 +457,8 @@ async def generation_endpoint(server: Server, request: Request, chat: bool):
 
     records = input_records(prompts, "text")
     key = (served.name, "chat" if chat else "completions", options_key(options))
-    results = await server.run_records(request, served, key, make_processor, records)
+    n = options.get("num_return_sequences", 1)
+    results = await server.run_records(request, served, key, make_processor, records, per_record=n)
     choices, completion_tokens = [], 0
     for outcome in results:
         if isinstance(outcome, RecordError) or outcome is None:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..inference import engine
 from ..io.records import InputRecord, RecordError, error_output
 from ..options import coerce_recipe_value, config_fields, validate_config
@@ -26,6 +26,10 @@ from .client import SERVER_SIDE_FIELDS
 
 class Overloaded(Exception):
     """The queue is full: the client should come back later (HTTP 503)."""
+
+
+class TooLarge(Exception):
+    """One request holds more work than the queue ever takes: it must be split (HTTP 413)."""
 
 
 class UnknownModel(UsageError):
@@ -132,20 +136,27 @@ class Batcher:
     flusher: asyncio.Task | None = None
     last_batch_size: int = 0
 
-    async def submit(self, records: list[InputRecord]) -> tuple[list, int]:
-        """Results for `records`, and the size of the batch they ran in."""
-        if self.queued + len(records) > self.max_queue:
+    async def submit(self, records: list[InputRecord], cost: int | None = None) -> tuple[list, int]:
+        """Results for `records`, and the size of the batch they ran in. `cost`: what they
+        weigh against --max-queue (generation: prompts x completions each), default one each."""
+        cost = len(records) if cost is None else cost
+        if cost > self.max_queue:  # would wait forever: say so instead of "busy, retry"
+            raise TooLarge(
+                f"this request holds {cost} records (or sequences); the server queues at most "
+                f"{self.max_queue} per model (--max-queue): send fewer at a time"
+            )
+        if self.queued + cost > self.max_queue:
             raise Overloaded(f"{self.queued} records are queued for this model")
         loop = asyncio.get_running_loop()
         item = _Waiting(records, loop.create_future())
         self.waiting.append(item)
-        self.queued += len(records)
+        self.queued += cost
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush_loop())
         try:
             return await item.future
         finally:
-            self.queued -= len(records)
+            self.queued -= cost
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -159,7 +170,11 @@ class Batcher:
             records = [r for item in taken for r in item.records]
             try:
                 results = await loop.run_in_executor(self.worker, self.run_batch, records)
-            except Exception as exc:  # one failed batch fails its requests, not the server
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a failed batch (even a Rust panic, which
+                # is a BaseException) answers its requests with the error; the loop lives on
+                exc = exc if isinstance(exc, Exception) else RuntimeError(first_line(exc))
                 for item in taken:
                     if not item.future.done():
                         item.future.set_exception(exc)

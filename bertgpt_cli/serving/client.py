@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import BgcliError, UsageError
 from ..io.console import info
 from ..io.records import RecordError, stream_to_writer
 
@@ -17,6 +17,8 @@ SERVER_ENV = "BGCLI_SERVER"
 API_KEY_ENV = "BGCLI_API_KEY"
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 600.0
+BUSY_RETRIES = 5  # a 503 is retried after the server's Retry-After, this many times
+MAX_RETRY_WAIT_S = 10.0
 
 # Flags that say how to read input, load a model or write output: never request options.
 # The server refuses the same ones (serving.command_config); it reads records by --text-field
@@ -61,22 +63,48 @@ def request_options(config) -> dict[str, Any]:
     return options
 
 
+class ServerBusy(BgcliError):
+    """The server stayed overloaded (503) through every retry: a runtime failure, exit 1."""
+
+
+class RequestTooLarge(UsageError):
+    """HTTP 413: the request holds more than the server takes at once (split it)."""
+
+
 def call(url: str, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT_S) -> dict:
-    """One JSON request; the server's one-line error message as a UsageError."""
+    """One JSON request; a busy server (503) is retried after its Retry-After, a few times;
+    the server's one-line error message as a UsageError (RequestTooLarge for a 413)."""
+    import time
     import urllib.error  # here, not at the top: every command imports this module
     import urllib.request
 
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET")
-    request.add_header("Content-Type", "application/json")
-    key = os.environ.get(API_KEY_ENV)
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
+    for attempt in range(BUSY_RETRIES + 1):
+        request = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET")
+        request.add_header("Content-Type", "application/json")
+        key = os.environ.get(API_KEY_ENV)
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            message = f"bgcli server at {url}: {_error_message(exc)}"
+            if exc.code == 413:
+                raise RequestTooLarge(message) from None
+            if exc.code != 503:
+                raise UsageError(message) from None
+            if attempt == BUSY_RETRIES:
+                raise ServerBusy(f"{message} ({BUSY_RETRIES + 1} tries); try again later") from None
+            time.sleep(_retry_after(exc))
+    raise AssertionError("unreachable")
+
+
+def _retry_after(exc) -> float:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise UsageError(f"bgcli server at {url}: {_error_message(exc)}") from None
+        return min(float(exc.headers.get("Retry-After", 1)), MAX_RETRY_WAIT_S)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def _error_message(exc) -> str:
@@ -91,9 +119,12 @@ def server_models(url: str) -> list[str] | None:
     import urllib.error
 
     try:
-        return list(call(url, "/health", timeout=CONNECT_TIMEOUT_S).get("models", {}))
+        health = call(url, "/health", timeout=CONNECT_TIMEOUT_S)
     except (urllib.error.URLError, OSError, ValueError):
         return None
+    if "models" not in health:  # the server wants a key this client did not send
+        raise UsageError(f"the bgcli server at {url} needs its API key: set ${API_KEY_ENV}")
+    return list(health["models"])
 
 
 def remote_or_local(command: str, config, records, writer, window: int) -> bool:
@@ -118,7 +149,13 @@ def remote_or_local(command: str, config, records, writer, window: int) -> bool:
 
     def process(batch) -> list:
         body = {"model": config.model, "text": [{"text": r.text, **r.fields} for r in batch], **options}
-        answer = call(url, f"/v1/{command}", body)
+        try:
+            answer = call(url, f"/v1/{command}", body)
+        except RequestTooLarge:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2  # the server takes fewer at once: send halves
+            return process(batch[:half]) + process(batch[half:])
         return regroup(answer["data"], answer["per_input"], len(batch))
 
     stream_to_writer(records, process, writer, window=window)

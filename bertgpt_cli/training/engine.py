@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, first_line
-from ..io.atomic import write_text_atomically
+from ..io.atomic import apply_umask, write_text_atomically
 from ..io.console import VERBOSITY, info, warn
 from ..io.data import load_data
 from ..io.run_dirs import FINAL_TEMP, RUN_CONFIG, last_complete_checkpoint, remove_failed_save, resume_command
@@ -324,11 +324,25 @@ def training_arguments(config, task, run_dir: Path):
         raise UsageError(f"invalid training setup: {first_line(exc)}") from exc
 
 
+def checkpoint_modes_callback():
+    """Checkpoints get the umask's modes too (the Trainer's safetensors files are 0600)."""
+    from transformers import TrainerCallback
+
+    class CheckpointModes(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                apply_umask(checkpoint)
+
+    return CheckpointModes()
+
+
 def build_trainer(config, task, model, tokenizer, args, train_set, eval_set):
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     has_eval = eval_set is not None
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
+    callbacks.append(checkpoint_modes_callback())
     if not VERBOSITY.quiet:
         from ..io.progress import RichProgressCallback
 
@@ -494,6 +508,7 @@ def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str,
         trainer.save_model(str(final))
         tokenizer.save_pretrained(str(final))
         (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
+        apply_umask(final)
         for item in final.iterdir():
             os.replace(item, run_dir / item.name)
         final.rmdir()

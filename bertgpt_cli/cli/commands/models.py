@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ...io.assets import BUILTIN_MODELS, COMMON_HUB_MODELS, BuiltinModel, cache_dirs, smollm2_cache_dir
 from ...io.output import RecordWriter
+from ...models.heads import model_uses
 from ...options import OutputOptions
 
 NAME = "models"
@@ -38,7 +39,7 @@ def run(config: ModelsConfig) -> None:
 def list_models() -> list[dict]:
     records = [_alias_record(alias) for alias in BUILTIN_MODELS.values()]
     hub_cache = Path(cache_dirs()["hub_cache"])
-    for hub_id, (description, parameters, tasks) in COMMON_HUB_MODELS.items():
+    for hub_id, (description, parameters, architecture) in COMMON_HUB_MODELS.items():
         cached = _hub_cache_dir(hub_cache, hub_id)
         records.append(
             {
@@ -47,7 +48,7 @@ def list_models() -> list[dict]:
                 "parameters": parameters,
                 "size": human_size(_tree_size(cached)) if cached else None,
                 "installed": "cached" if cached else "needs the Hub",
-                "tasks": tasks,
+                "tasks": model_uses(architecture),
                 "description": description,
                 "location": str(cached) if cached else hub_id,
             }
@@ -72,7 +73,7 @@ def _alias_record(alias: BuiltinModel) -> dict:
         "parameters": alias.parameters,
         "size": human_size(size) if installed else None,
         "installed": state,
-        "tasks": alias.tasks,
+        "tasks": model_uses(alias.architecture),
         "description": alias.description,
         "location": location,
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ...errors import UsageError
 from ...inference.loading import PRECISIONS
 from ...io.console import info
+from ...models.resolution import check_model_spec
 from ...options import OutputOptions, option
 
 NAME = "serve"
@@ -75,6 +76,8 @@ def run(config: ServeConfig) -> None:
     from ...serving.batcher import ServeSettings, parse_model_specs
 
     specs = parse_model_specs(config.models)
+    for spec in specs.values():  # a typo is one line now, not a 404 for the first client
+        check_model_spec(spec)
     api_key = config.api_key or os.environ.get("BGCLI_API_KEY")
     if not api_key and not is_loopback(config.host):
         raise UsageError(f"--host {config.host} is reachable from other machines: pass --api-key KEY")
@@ -88,21 +91,14 @@ def run(config: ServeConfig) -> None:
         max_batch=config.max_batch,
         max_queue=config.max_queue,
     )
-    import uvicorn
+    from ...serving.app import Server, listening_socket, run_app
 
-    from ...serving.app import Server, create_app
-
+    sock = listening_socket(config.host, config.port)  # a port in use is one line, before any load
     server = Server(
         specs, settings, api_key, int(config.max_body_mb * 2**20), config.request_timeout, config.quiet
     )
     if config.preload:
         server.preload()
-    info(f"serving {', '.join(f'{n}={s}' for n, s in specs.items())} on http://{config.host}:{config.port}")
-    uvicorn.run(
-        create_app(server),
-        host=config.host,
-        port=config.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    port = sock.getsockname()[1]
+    info(f"serving {', '.join(f'{n}={s}' for n, s in specs.items())} on http://{config.host}:{port}")
+    run_app(server, sock)

@@ -92,14 +92,21 @@ class QaTask(Task):
         import datasets
 
         rows = dataset.to_dict()
-        parts, owner, context_offsets, lengths = [], [], [], []
+        parts, owner, context_offsets, lengths, refused = [], [], [], [], {}
         for first in range(0, len(rows["question"]), CHUNK_QUESTIONS):
             part, windows = self._window_chunk(rows, first)
+            refused |= {first + i: reason for i, reason in windows.refused.items()}
             parts.append(part)
             lengths += [len(ids) for ids in part["input_ids"]]
             if split != "train":
                 owner += [first + o for o in windows.owner]
                 context_offsets += windows.context_offsets
+        if refused:  # as bgcli qa refuses them: the same rule (qa_decoding.check_stride)
+            first_row, reason = next(iter(refused.items()))
+            warn(
+                f"{split}: {len(refused)} of {len(rows['question'])} question(s) get no window "
+                f"(row {first_row + 1}: {reason}); they are left out of training / scored unanswered"
+            )
         windowed = datasets.concatenate_datasets(parts)
         if split == "train":
             return windowed  # as tokenized; the Trainer groups by length itself
