@@ -67,6 +67,12 @@ CASES = [
     ("embed over someone's rows sidecar", ["embed", "-m", "{mlm}", "-o", "{sidecar_only}", "a"], None, 2, "mine.rows.jsonl already exist(s)", []),
     ("data check with an unknown label column", ["data", "check", "--train-data", "{csv}", "--label-column", "nope"], None, 2, "no column 'nope'", None),
     ("export a classifier as qa", ["export", "-m", "{cls}", "--task", "qa", "-o", "{out}"], None, 2, "no trained question-answering head", []),
+    ("UTF-16 input to embed", ["embed", "-m", "{mlm}", "-i", "{utf16}"], None, 2, "the input is UTF-16", []),
+    ("UTF-16 search corpus", ["search", "-m", "{mlm}", "--corpus", "{utf16}", "q"], None, 2, "the input is UTF-16", []),
+    ("a line with NUL bytes", ["embed", "-m", "{mlm}"], "good text\nbad\x00text\n", 1, "line 2: holds NUL bytes", [{"embedding": None}, {"line": 2}]),
+    ("Latin-1 CSV to data check", ["data", "check", "--train-data", "{latin1}"], None, 2, "is not UTF-8 (byte 0xe9 on line 2)", None),
+    ("Latin-1 CSV to eval", ["eval", "-m", "{cls}", "--data", "{latin1}"], None, 2, "is not UTF-8 (byte 0xe9 on line 2)", []),
+    ("a directory as training data", ["finetune", "-m", "{mlm}", "--train-data", "{folder}", "-o", "{out}"], None, 2, "is a directory; name a file in it", None),
     ("conll2003 unknown split", ["finetune", "--task", "ner", "-m", "{mlm}", "--train-data", "conll2003@dev", "-o", "{out}"], None, 2, "unknown split '@dev' for conll2003", None),
 ]
 # fmt: on
@@ -102,6 +108,8 @@ def places(
         json.dumps({"tokens": ["paris", "is"], "ner_tags": ["B-LOC"]}) + "\n"
     )
     (root / "existing.npy").write_bytes(b"someone's vectors")
+    (root / "utf16.txt").write_text("first line\nsecond line\n", encoding="utf-16")
+    (root / "latin1.csv").write_bytes("text,label\ncaf\u00e9 cr\u00e8me,pos\nplain,neg\n".encode("latin-1"))
     (root / "sidecar").mkdir()
     (root / "sidecar" / "mine.rows.jsonl").write_text('{"text": "theirs"}\n')
     recipe = root / "bad.yaml"
@@ -127,6 +135,9 @@ def places(
         "conll_only_o": str(root / "only-o.conll"),
         "ner_mismatch": str(root / "mismatch.jsonl"),
         "existing_npy": str(root / "existing.npy"),
+        "utf16": str(root / "utf16.txt"),
+        "latin1": str(root / "latin1.csv"),
+        "folder": str(root / "sidecar"),
         "sidecar_only": str(root / "sidecar" / "mine.npy"),
     }
 

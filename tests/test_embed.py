@@ -284,3 +284,42 @@ def test_bad_corpus_lines_are_reported_and_the_search_goes_on(cli, bare_encoder_
 def test_search_without_a_corpus_is_a_usage_error(cli):
     result = cli(["search", "q"])
     assert result.code == 2 and "pass --corpus FILE" in result.stderr
+
+
+def test_a_damaged_or_stale_index_is_one_line_and_rebuilt_from_the_corpus(cli, tiny_bert_dir, tmp_path):
+    corpus, index = tmp_path / "corpus.txt", tmp_path / "index"
+    corpus.write_text("great film\nboring plot\nlovely music\n")
+    search = ["search", "-m", str(tiny_bert_dir), "--index", str(index), "-f", "jsonl", "film"]
+    assert cli([*search, "--corpus", str(corpus)]).code == 0
+    matrix = index / "embeddings.safetensors"
+    matrix.write_bytes(matrix.read_bytes()[:5])  # a killed copy
+    damaged = cli(search)
+    assert damaged.code == 1 and "is damaged" in damaged.stderr and "--corpus" in damaged.stderr
+    assert "Traceback" not in damaged.stderr and damaged.stdout == ""
+    rebuilt = cli([*search, "--corpus", str(corpus)])
+    assert rebuilt.code == 0 and "rebuilding it" in rebuilt.stderr and len(rebuilt.stdout.splitlines()) == 3
+    corpus.write_text("great film\nboring plot\nlovely music\nnew line\n")
+    stale = cli(search)
+    assert stale.code == 0 and f"the corpus {corpus} changed since" in stale.stderr
+
+
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(cli, tiny_bert_dir, tmp_path):
+    """kill -9 leaves a hidden temp file beside the output; the next write removes it, but
+    never one whose writer is still running."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".vectors.npy.tmp-{int(dead.stdout)}-abc123"
+        running = tmp_path / f".vectors.npy.tmp-{alive.pid}-def456"
+        stale.write_bytes(b"x" * 4096)
+        running.write_bytes(b"y")
+        result = cli(["embed", "-m", str(tiny_bert_dir), "-o", str(tmp_path / "vectors.npy"), "a", "b"])
+        assert result.code == 0, result.stderr
+        assert not stale.exists() and running.exists()
+    finally:
+        alive.kill()

@@ -660,3 +660,17 @@ def test_every_file_of_a_run_and_its_export_follows_the_umask(cli, tiny_bert_dir
             if mode != (0o755 if path.is_dir() else 0o644):
                 wrong.append(f"{path.relative_to(tmp_path)} {oct(mode)}")
     assert not wrong, wrong
+
+
+def test_a_restart_into_a_killed_run_with_checkpoints_is_refused(cli, finished_run, tiny_bert_dir, reviews):
+    """Without --resume the restart would delete the checkpoints: name --resume auto and --overwrite."""
+    import shutil
+
+    out, _ = finished_run
+    killed = out.parent / "killed"
+    shutil.copytree(out, killed)
+    (killed / "metrics.json").unlink()  # as a killed run leaves it: checkpoints, no metrics.json
+    result = finetune(cli, tiny_bert_dir, killed, "--train-data", str(reviews["train"]))
+    assert result.code == 2 and "holds an unfinished run (checkpoint-" in result.stderr
+    assert "--resume auto" in result.stderr and "--overwrite" in result.stderr
+    assert list(killed.glob("checkpoint-*"))  # nothing was deleted

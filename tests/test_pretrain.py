@@ -323,6 +323,9 @@ def test_an_eval_split_of_a_single_document_is_one_line(cli, tmp_path):
     assert result.code == 2, result.stderr
     assert "--eval-split 0.2 of 1 documents" in result.stderr and "--eval-data" in result.stderr
     assert "Traceback" not in result.stderr
+    again = cli(pretrain_args("bert", one_paragraph, tmp_path / "one-doc"))  # the same usage error,
+    assert again.code == 2 and again.stderr == result.stderr  # not "holds files bgcli did not write"
+    assert not (tmp_path / "one-doc").exists()  # the failed start's init/ went with it
 
 
 def test_model_config_file_sets_the_shape(cli, documents_file, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -227,3 +228,26 @@ def test_a_question_longer_than_the_window_is_a_bad_record_not_a_failed_batch(cl
     assert "answer" in out[0] and "answer" in out[2]
     assert out[1]["line"] == 2 and "leaves 0 of the 32-token window" in out[1]["error"]
     assert "line 2: the question is" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_context_from_a_process_substitution(qa_run):
+    """`--context <(cmd)` is a named pipe, not a regular file: it is read like one."""
+    import os
+    import subprocess
+
+    from .conftest import ROOT
+
+    folder, _ = qa_run
+    script = (
+        f'"{sys.executable}" -m bertgpt_cli qa -m "{folder / "run"}" --question "what is the capital?" '
+        '--context <(echo "the capital is rome and the river") -f jsonl'
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "answer" in json.loads(result.stdout)

@@ -187,5 +187,3 @@ class Recognizer:
 def plain(entity: dict) -> dict[str, Any]:
     """The pipeline's dict with numpy numbers as JSON numbers."""
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in entity.items()}
-
-

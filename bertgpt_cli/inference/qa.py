@@ -136,9 +136,14 @@ def read_context(source: str) -> str:
         text = sys.stdin.read()
     else:
         path = Path(source)
-        if not path.is_file():
+        if path.is_dir():
+            raise UsageError(f"--context '{source}' is a directory; pass a text file, or - for stdin")
+        if not path.exists():  # a named pipe or `<(cmd)` exists without being a regular file
             raise UsageError(f"--context file '{source}' not found; pass a text file, or - for stdin")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--context '{source}' is not UTF-8 text; re-encode it as UTF-8") from None
     if not text.strip():
         raise UsageError(f"--context '{source}' is empty; the answer must come from some text")
     return text
@@ -224,5 +229,3 @@ class Reader:
         if self.config.top_k > 1:
             record["answers"] = shown[: self.config.top_k]
         return record
-
-

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BgcliError, UsageError
-from ..io.console import info
+from ..errors import BgcliError, UsageError, first_line
+from ..io.console import info, warn
 from ..io.records import RecordsFailed, RecordStream, read_input_records, stream_to_writer
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from .embed import EmbeddingOptions
@@ -60,6 +60,40 @@ def read_manifest(folder: Path) -> dict | None:
     if data.get("format") != INDEX_FORMAT:
         raise UsageError(f"--index '{folder}' is not a bgcli search index; name a new or empty folder")
     return data
+
+
+class IndexDamaged(BgcliError):
+    """The index's files do not match its index.json (a killed copy, a truncated file)."""
+
+
+def damaged_index(folder: Path, manifest: dict) -> str | None:
+    """What is wrong with a saved index's vectors and rows, None when they match index.json.
+    Read from the safetensors header and the rows file only: nothing is loaded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / MATRIX_FILE), framework="np") as matrix_file:
+            shape = list(matrix_file.get_slice("embeddings").get_shape())
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        return f"{MATRIX_FILE} cannot be read ({first_line(exc)})"
+    if shape != [manifest.get("rows"), manifest.get("dimension")]:
+        return f"{MATRIX_FILE} holds {shape[0]} x {shape[1]} vectors, index.json says {manifest.get('rows')}"
+    rows = folder / ROWS_FILE
+    if not rows.is_file():
+        return f"{ROWS_FILE} is missing"
+    with rows.open("rb") as handle:
+        count = sum(1 for _ in handle)
+    if count != manifest["rows"]:
+        return f"{ROWS_FILE} has {count} rows for {manifest['rows']} vectors"
+    return None
+
+
+def stale_corpus(manifest: dict) -> str | None:
+    """The corpus an index was built from, when it has changed since (same path, new content)."""
+    corpus = Path(manifest.get("corpus", {}).get("path", ""))
+    if corpus.is_file() and file_sha256(corpus) != manifest["corpus"]["sha256"]:
+        return str(corpus)
+    return None
 
 
 @dataclass
@@ -200,6 +234,20 @@ def process(config: SearchConfig, queries, writer) -> None:
     corpus_failure = None
     if manifest is not None:
         refuse_other_model(index_dir, manifest, identity, embedder)
+        problem = damaged_index(index_dir, manifest)
+        if problem and corpus is None:
+            raise IndexDamaged(
+                f"index '{index_dir}' is damaged ({problem}); rebuild it: --index {index_dir} "
+                f"--corpus {manifest['corpus']['path']}"
+            )
+        if problem:
+            warn(f"index '{index_dir}' is damaged ({problem}); rebuilding it from {corpus}")
+            manifest = None
+        elif corpus is None and (changed := stale_corpus(manifest)):
+            warn(
+                f"the corpus {changed} changed since index '{index_dir}' was built; the hits come "
+                f"from the old one: pass --corpus {changed} to rebuild"
+            )
     if manifest is None or (corpus is not None and corpus_changed(manifest, corpus)):
         index_dir, corpus_failure = build_index(index_dir, corpus, embedder, identity, config)
     run_queries(index_dir, queries, embedder, config, writer)

@@ -32,7 +32,30 @@ def apply_umask(folder: Path) -> None:
 
 
 def temp_prefix(target: Path) -> str:
-    return f".{target.name}.tmp-"
+    """Hidden temp files and dirs beside `target` carry the writer's pid, so a later writer can
+    tell the leftovers of a killed one (`remove_dead_writers_temps`) from a live one's."""
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def remove_dead_writers_temps(target: Path) -> None:
+    """Temp files / dirs beside `target` whose writer process no longer exists (kill -9)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name.removeprefix(f".{target.name}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
@@ -42,6 +65,7 @@ def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     `remove_stale_temp_dirs`), never a partial `target`.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_temps(target)
     temp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         write(temp)
@@ -57,12 +81,13 @@ def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
 
 def remove_stale_temp_dirs(target: Path) -> None:
     """Temp dirs left by killed writers of `target`; call while holding the writer's lock."""
-    for stale in target.parent.glob(temp_prefix(target) + "*"):
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_temps(path)
     fd, temp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -112,11 +112,17 @@ def detect_file_format(path: Path, data_format: str | None, spec: str) -> str:
 def _load_file(
     path: Path, data_format: str | None, spec: str, tag_column: int | None = None, paragraphs: bool = False
 ):
-    if not path.is_file():
+    if path.is_dir():
+        raise UsageError(f"data file '{spec}' is a directory; name a file in it (or use - for stdin)")
+    if not path.exists():
         raise UsageError(f"data file '{spec}' not found; check the path (or use - for stdin)")
     fmt = detect_file_format(path, data_format, spec)
+    if not path.is_file():  # a named pipe, `<(cmd)`: datasets reads files, so spool it
+        path = _spool(path.read_bytes(), f"pipe.{ {'text': 'txt'}.get(fmt, fmt) }")
     if path.stat().st_size == 0:
         raise UsageError(f"data file '{spec}' is empty (0 bytes); check the path or the export that wrote it")
+    if fmt in TEXT_FORMATS:
+        check_utf8(path, spec)
     if fmt == "conll":
         return load_conll(path, spec, tag_column)
     if fmt == "json" and looks_like_squad(path):
@@ -138,6 +144,36 @@ def _load_file(
     return dataset
 
 
+TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "text", "conll")
+BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def check_utf8(path: Path, spec: str) -> None:
+    """Text data must be UTF-8 (a BOM is fine): name the file's problem and the fix, where
+    datasets would say "An error occurred while generating the dataset"."""
+    with path.open("rb") as handle:
+        data = handle.read()
+    for bom, encoding in BOMS.items():
+        if data.startswith(bom):
+            raise UsageError(
+                f"'{spec}' is {encoding} (it starts with a {encoding} byte-order mark); re-encode it as "
+                f"UTF-8, e.g. iconv -f {encoding} -t UTF-8 {spec} > utf8-{path.name}"
+            )
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(
+            f"'{spec}' is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); re-encode it, e.g. "
+            f"iconv -f latin1 -t UTF-8 {spec} > utf8-{path.name} (if it is Latin-1)"
+        ) from None
+
+
 def _no_rows(spec: str) -> UsageError:
     return UsageError(f"data file '{spec}' has no rows (a header at most); check the file")
 
@@ -152,11 +188,15 @@ def _builder_for(fmt: str) -> tuple[str, dict[str, Any]]:
 
 def _stdin_to_file(data_format: str | None) -> Path:
     """datasets reads files: spool stdin to a temp file that lives until exit."""
-    folder = Path(tempfile.mkdtemp(prefix="bgcli-stdin-"))
-    atexit.register(shutil.rmtree, folder, True)
     data = sys.stdin.buffer.read()
     fmt = data_format or _sniff_format(data)
-    path = folder / f"stdin.{ {'text': 'txt', 'jsonl': 'jsonl'}.get(fmt, fmt) }"
+    return _spool(data, f"stdin.{ {'text': 'txt', 'jsonl': 'jsonl'}.get(fmt, fmt) }")
+
+
+def _spool(data: bytes, name: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="bgcli-stdin-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / name
     path.write_bytes(data)
     return path
 

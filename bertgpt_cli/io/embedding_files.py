@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BgcliError, UsageError, first_line
-from .atomic import temp_prefix, umask_mode
+from .atomic import remove_dead_writers_temps, temp_prefix, umask_mode
 
 FILE_FORMATS = (".npy", ".safetensors", ".parquet")
 NPY_HEADER_BYTES = 128  # room for any (rows, dim) shape; a multiple of 64 as numpy writes
@@ -55,6 +55,7 @@ class _TempFile:
 
     def __init__(self, target: Path) -> None:
         self.target = target
+        remove_dead_writers_temps(target)
         fd, name = tempfile.mkstemp(prefix=temp_prefix(target), dir=target.parent)
         self.path = Path(name)
         self.handle = os.fdopen(fd, "w+b")

@@ -211,7 +211,12 @@ def _decoded_lines(stream: BinaryIO, raw_lines: Iterable[bytes]) -> Iterator[tup
         for number, raw in enumerate(raw_lines, start=1):
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
+            elif number == 1:
+                refuse_wide_encodings(raw)
             raw = raw.rstrip(b"\n").rstrip(b"\r")
+            if b"\x00" in raw:  # binary data, or UTF-16 without its BOM: never embed NULs
+                yield number, "", "holds NUL bytes (binary data, or UTF-16/32 text?); give UTF-8 text"
+                continue
             try:
                 yield number, raw.decode("utf-8"), None
             except UnicodeDecodeError as exc:
@@ -223,6 +228,24 @@ def _decoded_lines(stream: BinaryIO, raw_lines: Iterable[bytes]) -> Iterator[tup
     finally:
         if stream is not getattr(sys.stdin, "buffer", None):
             stream.close()
+
+
+WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def refuse_wide_encodings(first_line: bytes) -> None:
+    """A UTF-16/32 file read as lines would be NUL-interleaved garbage: refuse it whole."""
+    for bom, encoding in WIDE_BOMS:
+        if first_line.startswith(bom):
+            raise UsageError(
+                f"the input is {encoding} (it starts with a {encoding} byte-order mark); re-encode it "
+                f"as UTF-8, e.g. iconv -f {encoding} -t UTF-8 FILE"
+            )
 
 
 def _peek_first_non_empty(lines: Iterator[tuple[int, str, str | None]]):

@@ -57,8 +57,25 @@ LOCK_HELD_ENV = "BGCLI_RUN_LOCK_HELD"
 FINAL_TEMP = ".final-tmp"
 
 
+# `bgcli pretrain` writes the weightless model it starts from here (config, tokenizer, marker).
+INIT_DIR = "init"
+FROM_SCRATCH_MARKER = "bgcli_from_scratch.json"
+
+
 def is_bgcli_run_dir(path: Path) -> bool:
-    return (path / RUN_CONFIG).is_file() or (path / RUN_MARKER).is_file()
+    return (
+        (path / RUN_CONFIG).is_file()
+        or (path / RUN_MARKER).is_file()
+        or (path / INIT_DIR / FROM_SCRATCH_MARKER).is_file()
+    )
+
+
+def remove_init_dir(run_dir: Path) -> None:
+    """A failed pre-training start's init/ (only when it is bgcli's: it holds the marker)."""
+    import shutil
+
+    if (run_dir / INIT_DIR / FROM_SCRATCH_MARKER).is_file():
+        shutil.rmtree(run_dir / INIT_DIR, ignore_errors=True)
 
 
 def check_output_dir(run_dir: Path) -> None:

@@ -15,12 +15,11 @@ from ..errors import BgcliError, UsageError, first_line
 from ..io.assets import BUILTIN_MODELS
 from ..io.console import info
 from ..io.hub import go_offline, hub_reachable, offline_from_env
-from ..io.run_dirs import last_complete_checkpoint, unfinished_run_message
+from ..io.run_dirs import FROM_SCRATCH_MARKER, last_complete_checkpoint, unfinished_run_message
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
 # Written by `bgcli pretrain` beside a config.json and tokenizer: the model starts from random
 # weights drawn by from_config (seeded), not from a checkpoint.
-FROM_SCRATCH_MARKER = "bgcli_from_scratch.json"
 
 
 @dataclass

@@ -117,7 +117,7 @@ def evaluate_before(config, trainer, task, eval_set, checkpoint) -> dict[str, An
 
 def from_scratch_description(resolved) -> dict[str, Any] | None:
     """What `bgcli pretrain` initialised at random (its marker file), or None for a checkpoint."""
-    from ..models.resolution import FROM_SCRATCH_MARKER
+    from ..io.run_dirs import FROM_SCRATCH_MARKER
 
     if resolved.source != "scratch":
         return None

@@ -20,6 +20,7 @@ from ..io.run_dirs import (
     check_output_dir,
     last_complete_checkpoint,
     outside_working_dir,
+    remove_init_dir,
     resume_command,
     run_dir_lock,
 )
@@ -80,6 +81,7 @@ def created_for_this_run(run_dir: Path):
         if not existed:
             for ours in (RUN_MARKER, LOCK_FILE):
                 (run_dir / ours).unlink(missing_ok=True)
+            remove_init_dir(run_dir)  # pretrain's weightless start: rebuilt by the next attempt
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # succeeds only when nothing else was written
         raise
@@ -160,13 +162,14 @@ def prepare_run_dir(config: FinetuneConfig) -> Path:
             "(`bgcli finetune --num-processes N` picks one for you)"
         )
 
-    if (
-        run_dir.exists()
-        and any(run_dir.iterdir())
-        and not finished
-        and not config.resume
-        and not is_distributed_worker()
-    ):
-        warn(f"{run_dir} holds an unfinished run; its files will be replaced")
+    if run_dir.exists() and not finished and not config.resume and not is_distributed_worker():
+        checkpoint = last_complete_checkpoint(run_dir)
+        if checkpoint is not None and not config.overwrite:  # a restart would delete it
+            raise UsageError(
+                f"{run_dir} holds an unfinished run ({Path(checkpoint).name}); continue it with "
+                "--resume auto, or pass --overwrite to start again from step 0"
+            )
+        if any(p.name not in (RUN_MARKER, LOCK_FILE) for p in run_dir.iterdir()):
+            warn(f"{run_dir} holds an unfinished run; its files will be replaced")
     info(f"run dir: {run_dir}")
     return run_dir

@@ -42,7 +42,6 @@ ARCHS = ("bert", "gpt2")
 OBJECTIVES = {"bert": ("mlm+nsp", "mlm"), "gpt2": ("clm",)}
 TOKENIZER_TYPES = {"bert": "wordpiece", "gpt2": "bpe"}
 MAX_POSITIONS = {"bert": 512, "gpt2": 1024}
-INIT_DIR = "init"
 
 
 def sizes_help() -> str:
@@ -139,7 +138,7 @@ def check_tokenizer(tokenizer, arch: str, objective: str) -> None:
 
 def write_init_dir(folder: Path, config, tokenizer, description: dict[str, Any]) -> None:
     """config.json + tokenizer + the from-scratch marker: a model dir without weights."""
-    from ..models.resolution import FROM_SCRATCH_MARKER
+    from ..io.run_dirs import FROM_SCRATCH_MARKER
 
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(folder))

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..io.run_dirs import INIT_DIR
 from ..options import OutputOptions, option, same_option
 from .config import FinetuneConfig
 from .config import validate as validate_finetune
 from .finetune import run_training
-from .from_scratch import ARCHS, INIT_DIR, OBJECTIVES, SIZES, sizes_help
+from .from_scratch import ARCHS, OBJECTIVES, SIZES, sizes_help
 from .recipes import RecipeConfig
 
 MODEL, DATA, TRAIN, RUN = "Model", "Data", "Training", "Run"
@@ -166,7 +167,7 @@ def finetune_config(config: PretrainConfig) -> FinetuneConfig:
 def prepare_start(config: PretrainConfig, training: FinetuneConfig, run_dir: Path, build: bool) -> None:
     """Point the run at `run_dir/init` (config + tokenizer, no weights), built unless a resumed
     run or a relaunched worker finds it there already."""
-    from ..models.resolution import FROM_SCRATCH_MARKER
+    from ..io.run_dirs import FROM_SCRATCH_MARKER
 
     init = run_dir / INIT_DIR
     training.model = str(init)
