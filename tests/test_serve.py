@@ -428,3 +428,22 @@ def test_a_client_sends_windows_a_small_queue_accepts(tmp_path, tiny_classifier_
     assert too_many.status_code == 413 and "at most 4" in too_many.json()["error"]["message"]
     assert piped.returncode == 0, piped.stderr
     assert len(piped.stdout.splitlines()) == 20
+
+
+def test_a_chunked_body_is_held_to_the_size_limit(tmp_path, tiny_classifier_dir):
+    import httpx
+
+    running = RunningServer(["-m", f"rt={tiny_classifier_dir}", "--max-body-mb", "1"], tmp_path)
+
+    def chunks():  # no Content-Length: Transfer-Encoding: chunked
+        yield b'{"model": "rt", "text": ["'
+        for _ in range(64):
+            yield b"a" * 65536
+        yield b'"]}'
+
+    try:
+        response = httpx.post(running.url + "/v1/classify", content=chunks(), timeout=60)
+    finally:
+        assert running.stop() in CLEAN_EXITS
+    assert response.status_code == 413 and "--max-body-mb" in response.json()["error"]["message"]
+    assert "Traceback" not in running.log.read_text()

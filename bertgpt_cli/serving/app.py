@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import BgcliError, UsageError, first_line
 from ..inference import engine
@@ -63,12 +63,16 @@ def listening_socket(host: str, port: int):
     return sock
 
 
-def run_app(server: Server, sock) -> None:
-    """uvicorn on the bound socket, until SIGINT / SIGTERM."""
+def run_app(server: Server, sock, shutdown_timeout: float = 30.0) -> None:
+    """uvicorn on the bound socket, until SIGINT / SIGTERM; then the requests in flight get
+    `shutdown_timeout` seconds to finish."""
     import uvicorn
 
     config = uvicorn.Config(
-        create_app(server), log_level="warning", access_log=False, timeout_graceful_shutdown=30
+        create_app(server),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=shutdown_timeout,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -174,8 +178,38 @@ class Server:
         return [next(done) if r.error is None else None for r in records]
 
 
+BODY_STALL_TIMEOUT_S = 30.0  # a client that stops sending its body mid-way is cut off
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: nothing to answer, nothing to log."""
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, counted as it arrives: a chunked body (no Content-Length) is held to
+    --max-body-mb too, and a body that stops arriving is cut off after a while."""
+    from starlette.requests import ClientDisconnect
+
+    limit = request.app.state.server.max_body_bytes
+    chunks, size = [], 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), BODY_STALL_TIMEOUT_S)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body stopped arriving for {BODY_STALL_TIMEOUT_S:g} s") from None
+        except ClientDisconnect:
+            raise ClientGone() from None
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body is over the limit of {limit} bytes (--max-body-mb)")
+        chunks.append(chunk)
+
+
 async def json_body(request: Request) -> dict:
-    raw = await request.body()
+    raw = await read_body(request)
     try:
         body = json.loads(raw or b"null")
     except ValueError:
@@ -212,6 +246,10 @@ def create_app(server: Server) -> FastAPI:
     async def overloaded(request: Request, exc: Overloaded):
         body = error_body(f"the server is busy ({exc}); retry shortly", "overloaded")
         return JSONResponse(body, 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone):
+        return Response(status_code=400)  # nobody reads it; the access line notes the request
 
     @app.exception_handler(TooLarge)
     async def too_large(request: Request, exc: TooLarge):

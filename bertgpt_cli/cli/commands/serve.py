@@ -49,6 +49,12 @@ class ServeConfig(OutputOptions):
     )
     max_body_mb: float = option(8.0, "Largest request body.", panel=PANEL, gt=0)
     request_timeout: float = option(300.0, "Seconds a request may wait and run.", panel=PANEL, gt=0)
+    shutdown_timeout: float = option(
+        30.0,
+        "After SIGTERM / Ctrl-C: seconds the requests in flight get to finish before they are cut off.",
+        panel=PANEL,
+        ge=0,
+    )
     batch_size: int = option(32, "Texts per forward pass.", panel="Speed", ge=1)
     device: str = option("auto", "auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps.", panel="Speed")
     precision: str = option(
@@ -101,4 +107,4 @@ def run(config: ServeConfig) -> None:
         server.preload()
     port = sock.getsockname()[1]
     info(f"serving {', '.join(f'{n}={s}' for n, s in specs.items())} on http://{config.host}:{port}")
-    run_app(server, sock)
+    run_app(server, sock, config.shutdown_timeout)
