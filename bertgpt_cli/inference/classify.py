@@ -93,19 +93,9 @@ def require_classifier(resolved, config) -> None:
 
 def _run_config_pair_column(resolved) -> str | None:
     """Run dirs written before the pair column was recorded in config.json."""
-    from pathlib import Path
+    from ..io.run_dirs import read_run_config
 
-    from ..io.run_dirs import RUN_CONFIG
-
-    path = Path(resolved.location) / RUN_CONFIG
-    if resolved.source != "local" or not path.is_file():
-        return None
-    import yaml
-
-    try:
-        return (yaml.safe_load(path.read_text()) or {}).get("text_pair_column")
-    except yaml.YAMLError:
-        return None
+    return read_run_config(resolved.location).get("text_pair_column") if resolved.source == "local" else None
 
 
 class Classifier:

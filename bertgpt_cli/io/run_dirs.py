@@ -14,12 +14,26 @@ from ..errors import UsageError
 RUN_CONFIG = "bgcli_config.yaml"
 
 
+def read_run_config(location: str | Path) -> dict:
+    """A run dir's bgcli_config.yaml (the settings it was trained with), {} for any other
+    folder or an unreadable file: the one reader of that file."""
+    path = Path(location) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def resume_command(run_dir: Path) -> str:
     """The command that resumes the unfinished run in `run_dir` (a `bgcli pretrain` run records
     its architecture: `arch:` in its config)."""
     config = run_dir / RUN_CONFIG
-    pretrain = config.is_file() and any(line.startswith("arch:") for line in config.read_text().splitlines())
-    command = "pretrain" if pretrain else "finetune"
+    command = "pretrain" if "arch" in read_run_config(run_dir) else "finetune"
     return f"bgcli {command} --recipe {config} --output {run_dir} --resume auto"
 
 

@@ -14,7 +14,7 @@ from ..options import OutputOptions, option
 from .heads import EXPORT_TASKS, detect_task, head_for, require_head
 
 PANEL = "Export"
-TASKS = ("auto", *EXPORT_TASKS)
+TASK_CHOICES = ("auto", *EXPORT_TASKS)
 CHECK_TEXTS = (
     "a gorgeous, witty movie",
     "the plot was dull and the acting was worse, though the music saved a few scenes",
@@ -40,7 +40,7 @@ class ExportConfig(OutputOptions):
     task: str = option(
         "auto",
         "What the exported graph computes. auto: from the model's head (a bare encoder: feature-extraction).",
-        choices=TASKS,
+        choices=TASK_CHOICES,
         panel=PANEL,
     )
     opset: int = option(17, "ONNX opset version.", panel=PANEL, ge=14)
@@ -100,7 +100,7 @@ def run(config: ExportConfig) -> Path:
         export_graph(model, tokenizer, graph, outputs, config.opset)
         fused = fuse_transformer_ops(model, tokenizer, graph, outputs) if config.optimize else {}
         if config.quantize == "int8":
-            quantize_int8(graph)
+            quantize_onnx_int8(graph)
         tokenizer.save_pretrained(folder)
         model.config.save_pretrained(folder)
         copy_pooling_config(resolved, folder)
@@ -234,7 +234,7 @@ def fuse_transformer_ops(model, tokenizer, path: Path, outputs: list[str]) -> di
     return fused
 
 
-def quantize_int8(path: Path) -> None:
+def quantize_onnx_int8(path: Path) -> None:
     import logging
 
     import onnx

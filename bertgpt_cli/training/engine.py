@@ -324,6 +324,29 @@ def training_arguments(config, task, run_dir: Path):
         raise UsageError(f"invalid training setup: {first_line(exc)}") from exc
 
 
+def current_rss_mb() -> float | None:
+    """This process's resident memory now (Linux /proc), None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def memory_log_callback():
+    """RSS in every log line of the history (log_history.jsonl, the report's plots): where a run's
+    memory goes, step by step."""
+    from transformers import TrainerCallback
+
+    class MemoryLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            rss = current_rss_mb()
+            if rss is not None and state.log_history:
+                state.log_history[-1]["rss_mb"] = rss
+
+    return MemoryLog()
+
+
 def checkpoint_modes_callback():
     """Checkpoints get the umask's modes too (the Trainer's safetensors files are 0600)."""
     from transformers import TrainerCallback
@@ -342,7 +365,7 @@ def build_trainer(config, task, model, tokenizer, args, train_set, eval_set):
 
     has_eval = eval_set is not None
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and has_eval else []
-    callbacks.append(checkpoint_modes_callback())
+    callbacks += [checkpoint_modes_callback(), memory_log_callback()]
     if not VERBOSITY.quiet:
         from ..io.progress import RichProgressCallback
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..io.console import info
+from ..io.run_dirs import read_run_config
 from ..models.heads import FINETUNE_TASKS, detect_task, head_for, require_head
 from ..options import DataColumns, OutputOptions, argument, option, same_option
 from .config import FinetuneConfig
@@ -74,8 +75,6 @@ class EvalConfig(DataColumns, OutputOptions):
     @classmethod
     def from_command_line(cls, values: dict, explicit: set[str]) -> EvalConfig:
         return cls(**values, explicit=set(explicit))
-
-
 
 
 def run(config: EvalConfig) -> dict:
@@ -154,8 +153,6 @@ def _difference(a, b):
     return b - a if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
 
 
-
-
 @dataclass
 class Evaluation:
     model: str
@@ -169,21 +166,6 @@ class Evaluation:
     task_object: Any = None  # the task, for its report sections (worst misses, per-type tables)
 
 
-def run_config_of(location: str) -> dict:
-    """A run dir's bgcli_config.yaml (columns, max length... it was trained with), else {}."""
-    import yaml
-
-    from ..io.run_dirs import RUN_CONFIG
-
-    path = Path(location) / RUN_CONFIG
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-
-
 def evaluate(config, model_spec: str) -> Evaluation:
     """One model on `config.data`: the finetune test step, or sliding-window perplexity."""
     import transformers
@@ -193,7 +175,7 @@ def evaluate(config, model_spec: str) -> Evaluation:
 
     resolved = resolve_model(model_spec, offline=config.offline)
     model_config = load_config(resolved)
-    run_config = run_config_of(resolved.location) if resolved.source != "hub" else {}
+    run_config = read_run_config(resolved.location) if resolved.source != "hub" else {}
     task_name = config.task if config.task != "auto" else detect_task(model_config, run_config)
     finetune_config = finetune_config_for(config, model_spec, task_name, run_config, model_config)
 
