@@ -12,8 +12,9 @@ import json
 from .runner import RESULTS, print_table, save
 
 BENCHMARKS = ["startup", "inference", "training", "ner", "qa", "embed", "serve", "tokenizer"]
-# Run by name only: pretrain_curve takes over an hour; precision trains two recipes once (~21 min).
-LONG_BENCHMARKS = ["pretrain_curve", "precision"]
+# Run by name only: pretrain_curve takes over an hour; precision trains two recipes once (~21 min);
+# training_memory runs two recipes for 600 steps, with and without rounded batch lengths (~50 min).
+LONG_BENCHMARKS = ["pretrain_curve", "precision", "training_memory"]
 
 
 def machine_text(details: dict) -> str:

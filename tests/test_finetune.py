@@ -674,3 +674,29 @@ def test_a_restart_into_a_killed_run_with_checkpoints_is_refused(cli, finished_r
     assert result.code == 2 and "holds an unfinished run (checkpoint-" in result.stderr
     assert "--resume auto" in result.stderr and "--overwrite" in result.stderr
     assert list(killed.glob("checkpoint-*"))  # nothing was deleted
+
+
+def test_training_batches_are_padded_to_few_shapes_without_changing_the_loss(tiny_classifier_dir):
+    """Length-grouped batches of every length grew the process (a new oneDNN / allocator shape
+    each time); rounding them to a multiple of 8 keeps few shapes, and padding is masked."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from bertgpt_cli.training.engine import RoundedLengths, rounded_length
+
+    assert [rounded_length(n) for n in (1, 8, 9, 128, 129, 250)] == [8, 8, 16, 128, 144, 256]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
+    features = [
+        dict(tokenizer(t), labels=i % 2) for i, t in enumerate(["great film", "a dull and boring plot"])
+    ]
+    plain = DataCollatorWithPadding(tokenizer)(features)
+    rounded = RoundedLengths(DataCollatorWithPadding(tokenizer), tokenizer)(features)
+    assert (
+        rounded["input_ids"].shape[1]
+        == rounded_length(plain["input_ids"].shape[1])
+        > plain["input_ids"].shape[1]
+    )
+    assert int(rounded["attention_mask"].sum()) == int(plain["attention_mask"].sum())
+    with torch.no_grad():
+        assert float(model(**rounded).loss) == pytest.approx(float(model(**plain).loss), abs=1e-5)

@@ -393,6 +393,44 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
+def rounded_length(length: int) -> int:
+    """A multiple of 8 tokens (16 past 128): few distinct batch shapes, little extra padding."""
+    step = 8 if length <= 128 else 16
+    return -(-length // step) * step
+
+
+class RoundedLengths:
+    """Training batches padded to `rounded_length`. Length-grouped batches of every length from
+    1 to 512 gave oneDNN and the allocator hundreds of distinct shapes, and the process kept
+    growing with them (squad-minilm: 4.6 GB at step 10, 8.5 GB at step 220, 16.4 GB at the end);
+    with a few dozen shapes memory levels off after the first steps. Padded positions are
+    masked (and -100 for labels), so the loss is the same; eval batches are left as they are."""
+
+    def __init__(self, collate, tokenizer) -> None:
+        self.collate = collate
+        self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+
+    def __call__(self, features):
+        import torch
+
+        batch = self.collate(features)
+        ids = batch.get("input_ids") if hasattr(batch, "get") else None
+        if not torch.is_tensor(ids) or ids.dim() != 2:
+            return batch
+        extra = rounded_length(ids.shape[1]) - ids.shape[1]
+        if extra == 0:
+            return batch
+        mask = batch.get("attention_mask")
+        # Pad on the side the collator padded (left only when every row ends with a real token).
+        left = torch.is_tensor(mask) and bool((mask[:, 0] == 0).any()) and bool((mask[:, -1] == 1).all())
+        shape = ids.shape
+        for key, value in list(batch.items()):
+            if torch.is_tensor(value) and value.shape == shape:
+                fill = self.pad_id if key == "input_ids" else -100 if "labels" in key else 0
+                batch[key] = torch.nn.functional.pad(value, (extra, 0) if left else (0, extra), value=fill)
+        return batch
+
+
 def trainer_class(task):
     """The Trainer with two changes: an epoch-seeded length-grouped sampler (so a resumed
     run sees exactly the batches of an uninterrupted one), and the task's own loss and eval
@@ -416,6 +454,14 @@ def trainer_class(task):
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     class BgcliTrainer(Trainer):
+        def get_train_dataloader(self):
+            collate = self.data_collator
+            self.data_collator = RoundedLengths(collate, self.processing_class)
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = collate
+
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
