@@ -155,23 +155,34 @@ BOMS = {
 
 def check_utf8(path: Path, spec: str) -> None:
     """Text data must be UTF-8 (a BOM is fine): name the file's problem and the fix, where
-    datasets would say "An error occurred while generating the dataset"."""
+    datasets would say "An error occurred while generating the dataset". Read in 1 MB blocks."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
     with path.open("rb") as handle:
-        data = handle.read()
-    for bom, encoding in BOMS.items():
-        if data.startswith(bom):
-            raise UsageError(
-                f"'{spec}' is {encoding} (it starts with a {encoding} byte-order mark); re-encode it as "
-                f"UTF-8, e.g. iconv -f {encoding} -t UTF-8 {spec} > utf8-{path.name}"
-            )
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            wide = next((enc for bom, enc in BOMS.items() if offset == 0 and block.startswith(bom)), None)
+            if wide:
+                fix = f"iconv -f {wide} -t UTF-8 {spec} > utf8-{path.name}"
+                raise UsageError(
+                    f"'{spec}' is {wide} (a {wide} byte-order mark); re-encode it as UTF-8: {fix}"
+                )
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                start = max(exc.start, 0)
+                line += block.count(b"\n", 0, start)
+                fix = f"iconv -f latin1 -t UTF-8 {spec} > utf8-{path.name} (if it is Latin-1)"
+                raise UsageError(
+                    f"'{spec}' is not UTF-8 (byte 0x{block[start]:02x} on line {line}); {fix}"
+                ) from None
+            offset += len(block)
+            line += block.count(b"\n")
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UsageError(
-            f"'{spec}' is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); re-encode it, e.g. "
-            f"iconv -f latin1 -t UTF-8 {spec} > utf8-{path.name} (if it is Latin-1)"
-        ) from None
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise UsageError(f"'{spec}' ends inside a UTF-8 character (a cut-off file?); check its end") from None
 
 
 def _no_rows(spec: str) -> UsageError:
