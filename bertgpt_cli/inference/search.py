@@ -91,7 +91,7 @@ def damaged_index(folder: Path, manifest: dict) -> str | None:
 def stale_corpus(manifest: dict) -> str | None:
     """The corpus an index was built from, when it has changed since (same path, new content)."""
     corpus = Path(manifest.get("corpus", {}).get("path", ""))
-    if corpus.is_file() and file_sha256(corpus) != manifest["corpus"]["sha256"]:
+    if corpus.is_file() and corpus_changed(manifest, corpus):
         return str(corpus)
     return None
 

