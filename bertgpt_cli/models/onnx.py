@@ -16,6 +16,7 @@ from .heads import HEADS, head_for
 EXPORT_FILE = "bgcli_export.json"
 ONNX_FILE = "model.onnx"
 
+
 def export_info(location: str) -> dict | None:
     """The export record of an exported model dir, None for any other model."""
     path = Path(location) / EXPORT_FILE

@@ -16,6 +16,7 @@ from ..io.assets import BUILTIN_MODELS
 from ..io.console import info
 from ..io.hub import go_offline, hub_reachable, offline_from_env
 from ..io.run_dirs import FROM_SCRATCH_MARKER, last_complete_checkpoint, unfinished_run_message
+from .adapters import ADAPTER_DIR, adapter_only_base, apply_adapter
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
 # Written by `bgcli pretrain` beside a config.json and tokenizer: the model starts from random
@@ -30,6 +31,13 @@ class ResolvedModel:
     local_files_only: bool = False
     revision: str | None = None
     trust_remote_code: bool = False
+    # An adapter-only run dir (finetune --lora --save-adapter-only): `location` is its base;
+    # the adapter and the tokenizer come from this dir.
+    adapter_run: str | None = None
+
+    @property
+    def run_location(self) -> str:
+        return self.adapter_run or self.location
 
     def pretrained_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
@@ -60,6 +68,15 @@ def resolve_model(
         go_offline()
     check_model_spec(spec)
     path = Path(spec).expanduser()
+    base = adapter_only_base(path) if path.is_dir() else None
+    if base is not None:
+        if Path(base).expanduser().resolve() == path.resolve():
+            raise UsageError(f"the adapter in '{spec}' names its own dir as its base")
+        resolved = resolve_model(
+            base, offline=offline, revision=revision, trust_remote_code=trust_remote_code
+        )
+        resolved.spec, resolved.adapter_run = spec, str(path)
+        return resolved
     if path.is_dir():
         source = "scratch" if (path / FROM_SCRATCH_MARKER).is_file() else "local"
         return ResolvedModel(spec, str(path), source, True, None, trust_remote_code)
@@ -135,7 +152,7 @@ def load_config(resolved: ResolvedModel):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolved.location, **resolved.pretrained_kwargs())
+        return AutoConfig.from_pretrained(resolved.run_location, **resolved.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as exc:
         raise BgcliError(load_failure_message(resolved, exc)) from exc
 
@@ -156,7 +173,7 @@ def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
 
     require_tokenizer_files(resolved)
     try:
-        return AutoTokenizer.from_pretrained(resolved.location, **resolved.pretrained_kwargs(), **kwargs)
+        return AutoTokenizer.from_pretrained(resolved.run_location, **resolved.pretrained_kwargs(), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise BgcliError(load_failure_message(resolved, exc)) from exc
 
@@ -164,8 +181,8 @@ def load_tokenizer(resolved: ResolvedModel, **kwargs: Any):
 def require_tokenizer_files(resolved: ResolvedModel) -> None:
     """Without its tokenizer files transformers builds an empty tokenizer for a local model dir:
     every word becomes [UNK] and a classifier answers confidently about nothing."""
-    folder = Path(resolved.location)
-    if resolved.source == "hub" or not folder.is_dir():
+    folder = Path(resolved.run_location)
+    if (resolved.source == "hub" and not resolved.adapter_run) or not folder.is_dir():
         return
     if any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.gguf")):
         return  # a GGUF file carries its tokenizer
@@ -222,6 +239,8 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
         )
     if resolved.source == "scratch":
         return from_scratch(auto_class, config, kwargs.get("output_loading_info", False))
+    if resolved.adapter_run:
+        return load_with_adapter(resolved, auto_class, config, **kwargs)
     try:
         return auto_class.from_pretrained(
             resolved.location,
@@ -242,6 +261,21 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
         raise BgcliError(
             f"'{weights}' is truncated or corrupt ({first_line(exc)}); re-save or re-download the model"
         ) from exc
+
+
+def load_with_adapter(resolved: ResolvedModel, auto_class: Any, config: Any, **kwargs: Any):
+    """An adapter-only run dir: its base, with the adapter merged in."""
+    import copy
+
+    base = ResolvedModel(**{**resolved.__dict__, "adapter_run": None})
+    # The trained config (labels, head) over the base's weights, at the base's vocabulary size;
+    # rows a run added (--chat-template chatml) are grown before the adapter is applied.
+    base_config = copy.deepcopy(config)
+    base_config.vocab_size = load_config(base).vocab_size
+    loaded = load_model(base, auto_class, "this", base_config, **kwargs)
+    model, loading = loaded if kwargs.get("output_loading_info") else (loaded, None)
+    model = apply_adapter(model, str(Path(resolved.adapter_run) / ADAPTER_DIR), config.vocab_size)
+    return (model, loading) if loading is not None else model
 
 
 def from_scratch(auto_class: Any, config: Any, output_loading_info: bool):

@@ -12,7 +12,9 @@ from ..options import DATA_PANEL, NER_PANEL, QA_PANEL, DataColumns, ModelOptions
 from .recipes import RecipeConfig
 
 DATA, NER, QA = DATA_PANEL, NER_PANEL, QA_PANEL
-TRAIN, LM, RUN = "Training", "Language modeling (--task mlm|clm)", "Run"
+TRAIN, LM, RUN = "Training", "Language modeling (--task mlm|clm|sft)", "Run"
+SFT, LORA = "Chat / instruction data (--task sft)", "LoRA (--lora)"
+SFT_FORMATS = ("auto", "messages", "sharegpt", "prompt-completion", "alpaca")
 
 
 @dataclass
@@ -26,7 +28,8 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     task: str = option(
         "classification",
         "classification (labels), ner (a tag per word), qa (answer spans in a context), mlm "
-        "(BERT-style masked LM) or clm (GPT-style next-token LM).",
+        "(BERT-style masked LM), clm (GPT-style next-token LM) or sft (chat / instruction "
+        "fine-tuning: the loss on the assistant's replies).",
         choices=FINETUNE_TASKS,
         panel=RUN,
     )
@@ -67,13 +70,15 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     max_steps: int = option(
         -1, "Stop after this many optimizer steps (overrides --epochs; -1: use --epochs).", panel=TRAIN, ge=-1
     )
-    lr: float = option(5e-5, "Peak learning rate.", panel=TRAIN, ge=0)
+    lr: float | None = option(
+        None, "Peak learning rate (default 5e-5; 2e-4 with --lora).", panel=TRAIN, ge=0, metavar="FLOAT"
+    )
     batch_size: int = option(32, "Examples per device per step.", panel=TRAIN, ge=1)
     grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
     max_length: int | None = option(
         None,
-        "Tokens per example (default 128; 384 for qa). Longer texts are truncated; ner sentences and "
-        "qa contexts are split into windows instead.",
+        "Tokens per example (default 128; 384 for qa; 1024 for sft). Longer texts are truncated; ner "
+        "sentences and qa contexts are split into windows instead; sft conversations are cut at a turn.",
         panel=TRAIN,
         ge=4,
     )
@@ -116,8 +121,12 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
         0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", panel=LM, gt=0, lt=1
     )
     whole_word_mask: bool = option(False, "Mask all sub-tokens of a word together (mlm).", panel=LM)
-    packing: bool = option(
-        True, "Concatenate texts and cut --block-size chunks; --no-packing: one example per text.", panel=LM
+    packing: bool | None = option(
+        None,
+        "mlm/clm: concatenate texts and cut --block-size chunks (default; --no-packing: one example per "
+        "text). sft: one padding-free row per batch, attention kept within each example (default off: "
+        "on a CPU padded, length-grouped batches are faster).",
+        panel=LM,
     )
     block_size: int | None = option(
         None,
@@ -131,6 +140,63 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
         flag="--sample-prompt",
         panel=LM,
         metavar="TEXT",
+    )
+    sft_format: str = option(
+        "auto",
+        "Layout of the records (auto: from the columns): messages [{role, content}], sharegpt "
+        "[{from, value}], prompt-completion, alpaca (instruction, input, output).",
+        choices=SFT_FORMATS,
+        panel=SFT,
+    )
+    messages_column: str | None = option(
+        None,
+        "Column with the turns (default: messages, or conversations for sharegpt).",
+        panel=SFT,
+        metavar="COLUMN",
+    )
+    prompt_column: str | None = option(
+        None, "Column with the prompt (default: prompt; alpaca: instruction).", panel=SFT, metavar="COLUMN"
+    )
+    completion_column: str | None = option(
+        None, "Column with the reply (default: completion; alpaca: output).", panel=SFT, metavar="COLUMN"
+    )
+    chat_template: str | None = option(
+        None,
+        "Template to render with, for models without one: chatml or a Jinja file (saved with the "
+        "model, so generate --chat and serve render the same way).",
+        panel=SFT,
+        metavar="chatml|FILE",
+    )
+    train_on_prompt: bool = option(
+        False, "Train on every token, not only the assistant's replies.", panel=SFT
+    )
+    lora: bool = option(
+        False,
+        "Train low-rank adapters instead of every weight (peft); a head the task creates is fully "
+        "trained. The run dir holds the merged model and adapter/.",
+        panel=LORA,
+    )
+    lora_r: int = option(16, "Rank of the adapters.", panel=LORA, ge=1)
+    lora_alpha: float = option(32.0, "Scale: updates are multiplied by alpha / r.", panel=LORA, gt=0)
+    lora_dropout: float = option(0.05, "Dropout on the adapters' input.", panel=LORA, ge=0, lt=1)
+    lora_targets: str = option(
+        "all-linear",
+        "Layers that get adapters: all-linear (every linear layer of the attention and MLP blocks, "
+        "found from the model) or names: q_proj,v_proj.",
+        panel=LORA,
+        metavar="all-linear|A,B",
+    )
+    save_adapter_only: bool = option(
+        False,
+        "Save only adapter/ (megabytes), not the merged model; -m DIR loads the base named in its "
+        "adapter_config.json.",
+        panel=LORA,
+    )
+    quantize_base: str = option(
+        "none",
+        "QLoRA: load the base in 4 bits (CUDA + bitsandbytes only).",
+        choices=("none", "4bit"),
+        panel=LORA,
     )
     doc_stride: int = option(
         128, "Context tokens shared by neighbouring windows of a long context.", panel=QA, ge=0
@@ -160,8 +226,12 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.max_length is None:  # a question and a paragraph need a longer window
-            self.max_length = 384 if self.task == "qa" else 128
+        if self.max_length is None:  # a question and a paragraph (or a conversation) need more
+            self.max_length = {"qa": 384, "sft": 1024}.get(self.task, 128)
+        if self.lr is None:  # adapters start at zero and need larger steps (peft, TRL examples)
+            self.lr = 2e-4 if self.lora else 5e-5
+        if self.packing is None:  # blocks of text for mlm/clm; padded batches for sft (see help)
+            self.packing = self.task != "sft"
 
 
 # Flags that mean something for one task only, with their defaults: set for another task
@@ -174,6 +244,22 @@ TASK_ONLY_FLAGS = {
         "allow_no_answer": False,
         "null_score_diff_threshold": 0.0,
     },
+    "sft": {
+        "sft_format": "auto",
+        "messages_column": None,
+        "prompt_column": None,
+        "completion_column": None,
+        "chat_template": None,
+        "train_on_prompt": False,
+    },
+}
+LORA_FLAGS = {
+    "lora_r": 16,
+    "lora_alpha": 32.0,
+    "lora_dropout": 0.05,
+    "lora_targets": "all-linear",
+    "save_adapter_only": False,
+    "quantize_base": "none",
 }
 
 
@@ -204,5 +290,29 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError("--mlm-probability must be between 0 and 1 (BERT used 0.15)")
     if config.block_size is not None and config.block_size < 2:
         raise UsageError("--block-size must be at least 2 tokens")
+    for name, default in LORA_FLAGS.items():
+        if getattr(config, name) != default and not config.lora:
+            raise UsageError(f"--{name.replace('_', '-')} applies with --lora; add --lora")
+    if config.quantize_base == "4bit":
+        check_4bit_possible(config)
     if config.precision == "fp16" and config.device == "cpu":
         raise UsageError("fp16 on a CPU is ~100x slower than fp32; use --precision bf16 or fp32")
+
+
+def check_4bit_possible(config: FinetuneConfig) -> None:
+    """QLoRA's 4-bit base runs on CUDA with bitsandbytes only: one line anywhere else."""
+    import importlib.util
+
+    if config.device == "cpu" or not _cuda_available():
+        raise UsageError(
+            "--quantize-base 4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels); on a CPU drop it: "
+            "LoRA on the full-precision base"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("--quantize-base 4bit needs bitsandbytes: pip install bitsandbytes")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

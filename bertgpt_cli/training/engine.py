@@ -38,6 +38,10 @@ def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
         train_set, eval_set, test_set = load_splits(config, task)
     model = task.model(resolved)
     eager_attention_for_cpu_dropout(model, args.device)
+    if config.lora:
+        from .lora import wrap
+
+        model = wrap(model, config, task.trains_new_head, task.new_token_ids)
     trainer = build_trainer(config, task, model, tokenizer, args, train_set, eval_set)
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
@@ -547,6 +551,7 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
         "torch_threads": torch.get_num_threads(),
         "task": task.name,
         **task.run_info(),
+        **parameter_counts(trainer.model, config),
     }
     if trainer.is_world_process_zero():
         from .flops import training_mfu
@@ -554,6 +559,26 @@ def collect_metrics(config, trainer, result, eval_set, test_set, task, started: 
         tokens_per_second = result.metrics.get("train_tokens_per_second")
         metrics["run"].update(training_mfu(trainer.model, task.projected_share, tokens_per_second, args))
     return metrics
+
+
+def parameter_counts(model, config) -> dict[str, Any]:
+    """Trained parameters and their share (the report's LoRA line; 100% without --lora)."""
+    from .lora import trainable_parameters
+
+    trainable, total = trainable_parameters(model)
+    counts: dict[str, Any] = {
+        "trainable_parameters": trainable,
+        "trainable_share": round(trainable / total, 6),
+    }
+    if config.lora:
+        counts["lora"] = {
+            "r": config.lora_r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "targets": config.lora_targets,
+            "adapter_only": config.save_adapter_only,
+        }
+    return counts
 
 
 def peak_memory_mb() -> float:
@@ -566,6 +591,22 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def save_model_files(config, trainer, folder: Path) -> None:
+    """The weights: as trained, or with --lora adapter/ plus the merged model (loads anywhere,
+    no peft needed); --save-adapter-only keeps the config but no merged weights."""
+    from .lora import ADAPTER_DIR, is_lora_model, merged, save_adapter
+
+    if not is_lora_model(trainer.model):
+        trainer.save_model(str(folder))
+        return
+    save_adapter(trainer.model, folder / ADAPTER_DIR, config.model)
+    plain = merged(trainer.model)
+    if config.save_adapter_only:
+        plain.config.save_pretrained(str(folder))
+    else:
+        plain.save_pretrained(str(folder))
+
+
 def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str, Any]) -> None:
     """Only rank 0 writes. Model files land atomically one by one; metrics.json, written
     last, marks the run finished."""
@@ -574,7 +615,7 @@ def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str,
         return
     final = run_dir / FINAL_TEMP
     try:
-        trainer.save_model(str(final))
+        save_model_files(config, trainer, final)
         tokenizer.save_pretrained(str(final))
         (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
         apply_umask(final)

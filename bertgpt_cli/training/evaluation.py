@@ -70,6 +70,17 @@ class EvalConfig(DataColumns, OutputOptions):
     doc_stride: int = _borrow("doc_stride")
     max_answer_length: int = _borrow("max_answer_length")
     mlm_probability: float = _borrow("mlm_probability")
+    sft_format: str = _borrow("sft_format")
+    messages_column: str | None = _borrow("messages_column")
+    prompt_column: str | None = _borrow("prompt_column")
+    completion_column: str | None = _borrow("completion_column")
+    generate: bool = option(
+        False,
+        "sft: also generate a reply to each prompt (greedy) and score it against the reference "
+        "answers: exact match and token F1 with SQuAD's normalisation.",
+        panel=PANEL,
+    )
+    max_new_tokens: int = option(32, "sft --generate: longest reply, in tokens.", panel=PANEL, ge=1)
     explicit: set[str] = field(default_factory=set)  # the flags the user typed (win over the run's)
 
     @classmethod
@@ -88,6 +99,10 @@ def run(config: EvalConfig) -> dict:
         )
     if not config.compare and len(models) != 1:
         raise UsageError("pass one model (-m MODEL), or two with --compare")
+    if config.generate and config.task not in ("auto", "sft"):
+        raise UsageError(
+            f"--generate scores chat replies: it applies to --task sft, not --task {config.task}"
+        )
     output = check_report_dir(config.output) if config.output else None
     results = [evaluate(config, model) for model in models]
     if config.compare:
@@ -175,8 +190,10 @@ def evaluate(config, model_spec: str) -> Evaluation:
 
     resolved = resolve_model(model_spec, offline=config.offline)
     model_config = load_config(resolved)
-    run_config = read_run_config(resolved.location) if resolved.source != "hub" else {}
+    run_config = read_run_config(resolved.run_location) if resolved.source != "hub" else {}
     task_name = config.task if config.task != "auto" else detect_task(model_config, run_config)
+    if config.generate and task_name != "sft":
+        raise UsageError(f"--generate scores chat replies (--task sft); '{model_spec}' is scored as {task_name}")
     finetune_config = finetune_config_for(config, model_spec, task_name, run_config, model_config)
 
     head = head_for(task_name)
@@ -195,7 +212,25 @@ def evaluate(config, model_spec: str) -> Evaluation:
     )
     if task_name == "clm":
         return perplexity_evaluation(config, finetune_config, model, tokenizer, model_spec)
-    return trainer_evaluation(config, finetune_config, model, tokenizer, model_spec)
+    evaluation = trainer_evaluation(config, finetune_config, model, tokenizer, model_spec)
+    if config.generate:
+        evaluation.metrics.update(generation_scores(config, finetune_config, model, tokenizer))
+    return evaluation
+
+
+def generation_scores(config, finetune_config, model, tokenizer) -> dict[str, Any]:
+    """sft --generate: exact match and F1 of greedy replies against the references."""
+    from ..io.data import load_data
+    from .generative_eval import generate_replies, prompts_and_references, score_replies
+
+    data = load_data(config.data, config.data_format)
+    if config.max_samples:
+        data = data.select(range(min(config.max_samples, len(data))))
+    prompts, references = prompts_and_references(data, finetune_config)
+    info(f"generating replies to {len(prompts)} prompts (greedy, up to {config.max_new_tokens} tokens)")
+    replies = generate_replies(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    scores = score_replies(replies, references)
+    return {"generated_exact_match": scores["exact_match"], "generated_f1": scores["f1"]}
 
 
 @dataclass

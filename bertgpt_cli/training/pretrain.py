@@ -92,7 +92,11 @@ class PretrainConfig(OutputOptions, RecipeConfig):
     save_total_limit: int = _borrow("save_total_limit")
     mlm_probability: float = _borrow("mlm_probability")
     whole_word_mask: bool = _borrow("whole_word_mask")
-    packing: bool = _borrow("packing")
+    packing: bool = _borrow(
+        "packing",
+        True,
+        help="Concatenate texts and cut --block-size chunks; --no-packing: one example per text.",
+    )
     sample_prompts: list[str] = _borrow("sample_prompts")
     eval_before: bool = _borrow("eval_before")
     output: str | None = _borrow("output")

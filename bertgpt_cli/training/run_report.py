@@ -70,8 +70,6 @@ def plot_confusion(run_dir: Path, matrix: list[list[int]], names: list[str]) -> 
     return "confusion_matrix.png"
 
 
-
-
 def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
     rows = []
     splits = {"before": "eval, starting model", "eval": "eval", "test": "test"}

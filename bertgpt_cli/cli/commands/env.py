@@ -16,6 +16,7 @@ from ...io.assets import (
     BUILTIN_MODELS,
     CONLL2003,
     MOVIE_REVIEWS,
+    SHAREGPT,
     SQUAD,
     cache_dirs,
     hf_home,
@@ -137,7 +138,7 @@ def _assets() -> dict[str, Any]:
             "version": package_version(asset.distribution),
             "installed": asset.installed(),
         }
-        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS, CONLL2003, SQUAD)
+        for asset in (*BUILTIN_MODELS.values(), MOVIE_REVIEWS, CONLL2003, SQUAD, SHAREGPT)
     }
     assets["smollm2"]["converted"] = (smollm2_cache_dir() / "config.json").is_file()
     return assets

@@ -10,6 +10,7 @@ from .multi_label import MultiLabelClassificationTask
 from .ner import NerTask
 from .next_sentence import MaskedLMWithNspTask
 from .qa import QaTask
+from .sft import SftTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
@@ -18,6 +19,7 @@ TASKS: dict[str, type[Task]] = {
     "mlm+nsp": MaskedLMWithNspTask,
     "ner": NerTask,
     "qa": QaTask,
+    "sft": SftTask,
 }
 
 
@@ -38,6 +40,7 @@ __all__ = [
     "MultiLabelClassificationTask",
     "NerTask",
     "QaTask",
+    "SftTask",
     "Task",
     "task_class",
 ]

@@ -25,6 +25,11 @@ class Task:
     # Plain-text files: one record per blank-line separated paragraph (a document) instead of
     # one per line.
     documents_per_paragraph = False
+    # The task puts a new head on the model (classification, ner, qa): with --lora it is
+    # trained in full, not through adapters.
+    trains_new_head = False
+    # Token ids the task added to the vocabulary (sft's chatml markers): trained with --lora too.
+    new_token_ids: tuple[int, ...] = ()
 
     @property
     def head(self) -> Head:

@@ -146,6 +146,7 @@ def _value_text(split: str):
 
 class ClassificationTask(Task):
     name = "classification"
+    trains_new_head = True
     default_metric = "f1_macro"
     card_metrics = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 

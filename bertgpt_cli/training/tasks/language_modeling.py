@@ -197,6 +197,10 @@ class MaskedLMTask(LanguageModelingTask):
             info(f"'{resolved.spec}' has no masked-LM head: created one ({tying})")
         return model
 
+    @property
+    def trains_new_head(self) -> bool:
+        return self.head_created
+
     def attach(self, model) -> None:
         decoder = model.get_output_embeddings()
         self.tied = decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()

@@ -34,6 +34,7 @@ class Layout:
 
 class NerTask(Task):
     name = "ner"
+    trains_new_head = True
     default_metric = "f1"
     card_metrics = ("f1", "precision", "recall", "accuracy")
     ordered_eval = True  # windows are put back into sentences by position

@@ -30,6 +30,7 @@ class QaLayout:
 
 class QaTask(Task):
     name = "qa"
+    trains_new_head = True
     default_metric = "f1"
     card_metrics = ("exact_match", "f1")
     ordered_eval = True  # windows are put back into questions by position
