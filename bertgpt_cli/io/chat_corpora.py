@@ -10,7 +10,6 @@ from ..errors import UsageError
 from .assets import sharegpt_file
 from .console import info
 
-SQUAD_INSTRUCT_SPLITS = ("train", "validation")
 # The instruction the generative-QA benchmark asks SmolLM2 zero-shot (issue 28); the
 # squad-instruct prompts repeat it so the fine-tuned model answers the same question.
 SQUAD_INSTRUCTION = "Read the text and answer the question with a short phrase copied from the text."
@@ -21,15 +20,10 @@ def squad_instruct_prompt(context: str, question: str) -> str:
     return f"{SQUAD_INSTRUCTION}\n\nText: {context}\n\nQuestion: {question}"
 
 
-def load_squad_instruct(split: str | None):
-    """SQuAD v1.1 questions as prompt/completion: the paragraph and question -> the first
-    answer; `references` keeps every accepted answer (eval --generate scores against all)."""
-    from .data import load_squad
-
-    split = split or "train"
-    if split not in SQUAD_INSTRUCT_SPLITS:
-        raise UsageError(f"unknown split '@{split}' for squad-instruct; use @train or @validation")
-    squad = load_squad(split)
+def squad_as_instructions(squad):
+    """SQuAD v1.1 questions (the squad data spec) as prompt/completion: the paragraph and
+    question -> the first answer; `references` keeps every accepted answer (eval --generate
+    scores against all)."""
 
     def to_prompt(record):
         answers = record["answers"]["text"]

@@ -90,10 +90,14 @@ def load_data(
     if parsed.kind == "builtin" and parsed.name == "squad":
         return load_squad(parsed.split)
     if parsed.kind == "builtin" and parsed.name in ("squad-instruct", "sharegpt"):
-        from .chat_corpora import load_sharegpt, load_squad_instruct
+        from .chat_corpora import load_sharegpt, squad_as_instructions
 
         if parsed.name == "squad-instruct":
-            return load_squad_instruct(parsed.split)
+            if parsed.split not in (None, *SQUAD_SPLITS):
+                raise UsageError(
+                    f"unknown split '@{parsed.split}' for squad-instruct; use @train or @validation"
+                )
+            return squad_as_instructions(load_squad(parsed.split))
         if parsed.split:
             raise UsageError("sharegpt has one split; hold out evaluation data with --eval-split")
         return load_sharegpt()

@@ -33,6 +33,12 @@ def adapter_only_base(folder: Path) -> str | None:
     return base
 
 
+def not_in_adapter(missing: list[str], adapter_dir: Path) -> list[str]:
+    """The base's missing weights that the adapter does not bring (its modules_to_save)."""
+    saved = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("modules_to_save") or []
+    return [key for key in missing if not any(key == m or key.startswith(m + ".") for m in saved)]
+
+
 def quiet_peft() -> None:
     """peft 0.21 asks transformers 5 a deprecated question on every wrap; nothing for a user."""
     import warnings

@@ -16,7 +16,7 @@ from ..io.assets import BUILTIN_MODELS
 from ..io.console import info
 from ..io.hub import go_offline, hub_reachable, offline_from_env
 from ..io.run_dirs import FROM_SCRATCH_MARKER, last_complete_checkpoint, unfinished_run_message
-from .adapters import ADAPTER_DIR, adapter_only_base, apply_adapter
+from .adapters import ADAPTER_DIR, adapter_only_base, apply_adapter, not_in_adapter
 
 ALIASES_HINT = ", ".join(BUILTIN_MODELS)
 # Written by `bgcli pretrain` beside a config.json and tokenizer: the model starts from random
@@ -274,7 +274,10 @@ def load_with_adapter(resolved: ResolvedModel, auto_class: Any, config: Any, **k
     base_config.vocab_size = load_config(base).vocab_size
     loaded = load_model(base, auto_class, "this", base_config, **kwargs)
     model, loading = loaded if kwargs.get("output_loading_info") else (loaded, None)
-    model = apply_adapter(model, str(Path(resolved.adapter_run) / ADAPTER_DIR), config.vocab_size)
+    adapter_dir = Path(resolved.adapter_run) / ADAPTER_DIR
+    model = apply_adapter(model, str(adapter_dir), config.vocab_size)
+    if loading is not None:  # weights the adapter brings (a trained head) are not missing
+        loading = {**loading, "missing_keys": not_in_adapter(loading.get("missing_keys") or [], adapter_dir)}
     return (model, loading) if loading is not None else model
 
 
@@ -298,6 +301,25 @@ def missing_safetensors_message(resolved: ResolvedModel) -> str:
         f"model '{resolved.spec}' has no safetensors weights; bgcli does not load pickled "
         "(.bin) weights: convert it with save_pretrained() in a trusted environment"
     )
+
+
+def checkpoint_keys(resolved: ResolvedModel) -> set[str] | None:
+    """The weight names a model's safetensors checkpoint holds (None when it cannot be read:
+    weights drawn at random, or an unreachable file). Reads headers only."""
+    import json as json_
+
+    if resolved.source == "scratch":
+        return set()
+    index = model_file(resolved, "model.safetensors.index.json")
+    if index is not None:
+        return set(json_.loads(index.read_text()).get("weight_map", {}))
+    weights = model_file(resolved, "model.safetensors")
+    if weights is None:
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as handle:
+        return set(handle.keys())
 
 
 def model_file(resolved, name: str) -> Path | None:

@@ -39,9 +39,10 @@ def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
     model = task.model(resolved)
     eager_attention_for_cpu_dropout(model, args.device)
     if config.lora:
+        from ..models.resolution import checkpoint_keys
         from .lora import wrap
 
-        model = wrap(model, config, task.trains_new_head, task.new_token_ids)
+        model = wrap(model, config, task.trains_new_head, task.new_token_ids, checkpoint_keys(resolved))
     trainer = build_trainer(config, task, model, tokenizer, args, train_set, eval_set)
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
@@ -602,9 +603,31 @@ def save_model_files(config, trainer, folder: Path) -> None:
     save_adapter(trainer.model, folder / ADAPTER_DIR, config.model)
     plain = merged(trainer.model)
     if config.save_adapter_only:
+        plain.config.architectures = [type(plain).__name__]  # what save_pretrained would record
         plain.config.save_pretrained(str(folder))
     else:
         plain.save_pretrained(str(folder))
+
+
+def remove_stale_weights(run_dir: Path, written: set[str]) -> None:
+    """An --overwrite run replaces the weights of the run before it: merged weights beside a
+    new adapter-only save would be loaded instead of it, and an old adapter/ would describe
+    another model. Only these names, which bgcli writes, are touched."""
+    import shutil
+
+    for path in run_dir.iterdir():
+        weights = path.name.startswith("model") and path.name.endswith(
+            (".safetensors", ".safetensors.index.json")
+        )
+        if path.name in written or not (weights or path.name == "adapter"):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for name in written:  # a folder cannot be renamed over a non-empty one
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
 
 
 def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -619,6 +642,7 @@ def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str,
         tokenizer.save_pretrained(str(final))
         (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
         apply_umask(final)
+        remove_stale_weights(run_dir, {item.name for item in final.iterdir()})
         for item in final.iterdir():
             os.replace(item, run_dir / item.name)
         final.rmdir()

@@ -193,7 +193,9 @@ def evaluate(config, model_spec: str) -> Evaluation:
     run_config = read_run_config(resolved.run_location) if resolved.source != "hub" else {}
     task_name = config.task if config.task != "auto" else detect_task(model_config, run_config)
     if config.generate and task_name != "sft":
-        raise UsageError(f"--generate scores chat replies (--task sft); '{model_spec}' is scored as {task_name}")
+        raise UsageError(
+            f"--generate scores chat replies (--task sft); '{model_spec}' is scored as {task_name}"
+        )
     finetune_config = finetune_config_for(config, model_spec, task_name, run_config, model_config)
 
     head = head_for(task_name)

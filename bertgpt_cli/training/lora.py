@@ -58,7 +58,34 @@ def created_head_modules(model) -> list[str]:
     return [name for name in own(model) if not name.startswith(getattr(model, "base_model_prefix", "\0"))]
 
 
-def wrap(model, config, head_created: bool, new_token_ids=()):
+def created_modules(model, saved: set[str] | None) -> list[str]:
+    """Modules with weights the checkpoint did not hold (drawn at random when the model was
+    loaded: a pooler a bare encoder lacked, a new MLM transform), so adapters on frozen noise
+    would learn around them: they are trained in full instead. Checkpoint names may lack the
+    base model's prefix (sentence-transformers' minilm), so both spellings count."""
+    if not saved:
+        return []
+    prefix = _base_prefix(model)
+    tied = {model.get_input_embeddings().weight.data_ptr()}
+    owners = []
+    for name, parameter in model.named_parameters():
+        if name in saved or name.removeprefix(prefix) in saved or parameter.data_ptr() in tied:
+            continue
+        owner = name.rsplit(".", 1)[0]
+        module = model.get_submodule(owner)
+        if any(p.data_ptr() in tied for p in module.parameters()):
+            continue  # a bare bias beside a tied decoder (cls.predictions.bias)
+        owners.append(owner)
+    return owners
+
+
+def outermost(names: list[str]) -> list[str]:
+    """Names without those inside another listed one (classifier, not classifier.dense too)."""
+    unique = sorted(set(names))
+    return [n for n in unique if not any(n.startswith(other + ".") for other in unique if other != n)]
+
+
+def wrap(model, config, head_created: bool, new_token_ids=(), saved: set[str] | None = None):
     """The model with adapters (a peft PeftModel), the rest frozen."""
     from peft import LoraConfig, get_peft_model
 
@@ -71,7 +98,7 @@ def wrap(model, config, head_created: bool, new_token_ids=()):
             )
     else:
         targets = [name.strip() for name in config.lora_targets.split(",") if name.strip()]
-    head = created_head_modules(model) if head_created else []
+    head = outermost((created_head_modules(model) if head_created else []) + created_modules(model, saved))
     settings = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

@@ -26,7 +26,7 @@ from ..chat_data import (
     to_messages,
     use_chat_template,
 )
-from .language_modeling import MAP_BATCH, CausalLMTask, MaskedPositionsProjection
+from .language_modeling import MAP_BATCH, SAMPLE_NEW_TOKENS, CausalLMTask, MaskedPositionsProjection
 from .token_loss import token_cross_entropy
 
 BAD_RECORDS_SHOWN = 10
@@ -157,8 +157,10 @@ class SftTask(CausalLMTask):
         targets = inputs["shift_labels"]
         selected = targets != IGNORE
         forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+        # No cache: a training forward needs none, and transformers derives the packed
+        # (block-diagonal) mask from the position ids only when there is none.
         with self.projection.only(selected):
-            logits = model(**forward).logits
+            logits = model(**forward, use_cache=False).logits
         chosen = targets[selected]
         return token_cross_entropy(logits, chosen), logits, chosen, selected
 
@@ -194,9 +196,12 @@ class SftTask(CausalLMTask):
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+            room = min(SAMPLE_NEW_TOKENS, (self.model_limit or 10**9) - ids["input_ids"].shape[1])
+            if room < 1:  # a model with a short context (a tiny test model): nothing to show
+                continue
             with torch.inference_mode():
                 generated = model.generate(
-                    **ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                    **ids, max_new_tokens=room, do_sample=False, pad_token_id=tokenizer.pad_token_id
                 )
             reply = tokenizer.decode(generated[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
             out.append({"prompt": prompt, "output": reply.strip()})
