@@ -26,6 +26,7 @@ from ..chat_data import (
     to_messages,
     use_chat_template,
 )
+from .base import longest_first
 from .language_modeling import MAP_BATCH, SAMPLE_NEW_TOKENS, CausalLMTask, MaskedPositionsProjection
 from .token_loss import token_cross_entropy
 
@@ -134,7 +135,12 @@ class SftTask(CausalLMTask):
         return encode
 
     def finalize(self, dataset, split: str):
-        return dataset  # --packing flattens batches in the collator, never across examples' attention
+        """--packing flattens batches in the collator (never across examples' attention). Eval
+        rows go longest first: batches of similar lengths, and the metrics are sums, so the
+        order changes nothing else (eval reads them in order)."""
+        if split == "train":
+            return dataset
+        return dataset.select(longest_first([len(ids) for ids in dataset["input_ids"]]))
 
     # --- model and loss ---------------------------------------------------------------------
 
