@@ -96,7 +96,7 @@ json.dump({"tokens_per_second": tokens / runtime, "train_runtime": runtime}, ope
 
 
 def held_out_loss(model_dir: Path, held: Path) -> float:
-    done = bgcli(["eval", "-m", str(model_dir), "--task", "sft", "--data", str(held), "--format", "json"])
+    done = bgcli(["eval", "-m", str(model_dir), "--task", "sft", "--data", str(held), "--format", "jsonl"])
     return json.loads(done.stdout)["loss"]
 
 
@@ -184,7 +184,7 @@ def quality() -> list[Result]:
     for name, model in (("trained", str(run_dir)), ("zero-shot", "smollm2")):
         done = bgcli(
             ["eval", "-m", model, "--task", "sft", "--data", str(dev), "--generate", "--max-new-tokens", "24"]
-            + ["--batch-size", "16", "--format", "json"]
+            + ["--batch-size", "16", "--precision", "bf16", "--format", "jsonl"]
         )
         scores[name] = json.loads(done.stdout)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -207,6 +207,32 @@ def quality() -> list[Result]:
             },
         )
     ]
+
+
+def rt_lora() -> Result:
+    """rt-minilm-lora vs rt-minilm: test accuracy and wall time, one run each, same seed."""
+    runs = {}
+    for recipe in ("rt-minilm-lora", "rt-minilm"):
+        out = sft_dir() / recipe
+        bgcli(["finetune", "--recipe", recipe, "--output", str(out), "--overwrite", "--quiet"])
+        runs[recipe] = json.loads((out / "metrics.json").read_text())
+    lora, full = runs["rt-minilm-lora"], runs["rt-minilm"]
+    return Result(
+        name="rt-minilm-lora vs rt-minilm (test accuracy, RT 1,066 reviews)",
+        ours=round(100 * lora["test"]["test_accuracy"], 2),
+        baseline=round(100 * full["test"]["test_accuracy"], 2),
+        unit="% accuracy",
+        ratio=round(lora["test"]["test_accuracy"] / full["test"]["test_accuracy"], 3),
+        identical=None,
+        baseline_name="rt-minilm: full fine-tuning, same data and seed",
+        details={
+            "wall_s_lora": lora["run"]["wall_time_s"],
+            "wall_s_full": full["run"]["wall_time_s"],
+            "trainable_share_lora": lora["run"]["trainable_share"],
+            "peak_rss_mb_lora": lora["run"]["peak_memory_mb"],
+            "peak_rss_mb_full": full["run"]["peak_memory_mb"],
+        },
+    )
 
 
 def run() -> list[Result]:

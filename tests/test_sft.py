@@ -480,3 +480,26 @@ def test_squad_instruct_is_prompt_completion_with_every_reference():
     assert len(data) == 10570 and set(data.column_names) == {"prompt", "completion", "references"}
     first = data[0]
     assert first["completion"] in first["prompt"] and first["completion"] == first["references"][0]
+
+
+def test_lora_sft_trains_in_two_processes(chat_llama_dir, tmp_path):
+    """--num-processes 2 with adapters: DDP over the trainable parameters only; rank 0 saves the
+    merged model and adapter/."""
+    import subprocess
+
+    from .conftest import BGCLI, ROOT
+
+    data = write_jsonl(tmp_path / "chat.jsonl", sums(16))
+    args = ["finetune", "--task", "sft", "-m", str(chat_llama_dir), "--train-data", str(data), "--lora"]
+    args += ["--num-processes", "2", "--max-steps", "2", "--batch-size", "2", "--eval-split", "0.25"]
+    done = subprocess.run(
+        BGCLI + args + ["--output", str(tmp_path / "run"), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["run"]["world_size"] == 2 and 0 < metrics["run"]["trainable_share"] < 1
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()

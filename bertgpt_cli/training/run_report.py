@@ -98,7 +98,9 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
         f"- train data: `{config.train_data}`; eval: `{eval_source}`; test: `{config.test_data or 'none'}`",
         *[f"- {note}" for note in task.card_notes()],
         f"- {settings}",
-        f"- wall time {run['wall_time_s']} s, {run['train_samples_per_second']} train samples/s",
+        f"- wall time {run['wall_time_s']} s, {run['train_samples_per_second']} train samples/s, "
+        f"peak memory {run['peak_memory_mb']:,.0f} MB",
+        *lora_lines(run),
         "",
         "| split | metric | value |",
         "|---|---|---|",
@@ -116,11 +118,29 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(lines)
 
 
+def lora_lines(run: dict[str, Any]) -> list[str]:
+    """With --lora: the adapters and the share of parameters trained; how to load them."""
+    lora = run.get("lora")
+    if not lora:
+        return []
+    saved = (
+        "adapter/ only (-m THIS_DIR loads the base it names)"
+        if lora["adapter_only"]
+        else ("merged weights + adapter/")
+    )
+    return [
+        f"- LoRA r={lora['r']} alpha={lora['alpha']:g} dropout={lora['dropout']:g} on {lora['targets']}: "
+        f"{run['trainable_parameters']:,} parameters trained ({run['trainable_share']:.2%}); "
+        f"saved as {saved}; "
+        '`PeftModel.from_pretrained(base, "THIS_DIR/adapter")` loads the adapter'
+    ]
+
+
 def title(config, run: dict[str, Any]) -> str:
     scratch = run.get("from_scratch")
     if scratch:
         return f"pre-training from scratch: {scratch['summary']}"
-    return f"{config.task} fine-tune of `{config.model}`"
+    return f"{config.task} {'LoRA ' if config.lora else ''}fine-tune of `{config.model}`"
 
 
 def run_command(run: dict[str, Any]) -> str:
