@@ -136,6 +136,8 @@ def test_a_long_conversation_is_cut_after_the_last_reply_that_fits(chat_llama_di
     first_two = encode_conversation(tokenizer, THREE_TURNS[:5], max_length=256)
     cut = encode_conversation(tokenizer, THREE_TURNS, max_length=len(full.input_ids) - 3)  # not "fourteen"
     assert cut.cut and cut.input_ids == first_two.input_ids[: len(cut.input_ids)]
+    only_newline = encode_conversation(tokenizer, THREE_TURNS, max_length=len(full.input_ids) - 1)
+    assert not only_newline.cut and only_newline.labels[-1] != IGNORE  # every reply kept
     assert cut.labels[-1] != IGNORE  # ends on the end-of-turn of a whole reply
     assert tokenizer.decode(cut.input_ids).endswith("seven<|im_end|>")
     first_reply_end = len(encode_conversation(tokenizer, THREE_TURNS[:3], max_length=256).input_ids) - 1

@@ -191,7 +191,7 @@ def use_chat_template(tokenizer, spec: str | None, model: str) -> None:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    cut: bool = False  # turns dropped from the end to fit --max-length
+    cut: bool = False  # replies dropped from the end to fit --max-length
 
 
 def encode_conversation(
@@ -200,11 +200,12 @@ def encode_conversation(
     """Token ids and labels (-100 where the loss does not train) of one conversation; None
     when its first assistant reply does not end within `max_length` tokens."""
     ids, trained, turn_ends = assistant_mask(tokenizer, messages)
-    cut = len(ids) > max_length
-    if cut:
+    cut = False  # whole replies dropped (not just what follows the last end-of-turn)
+    if len(ids) > max_length:
         fitting = [end for end in turn_ends if end <= max_length]
         if not fitting:
             return None
+        cut = len(fitting) < len(turn_ends)
         ids, trained = ids[: fitting[-1]], trained[: fitting[-1]]
     labels = (
         list(ids)

@@ -274,23 +274,27 @@ class MaskedLMTask(LanguageModelingTask):
         selected = labels != -100
         with self.projection.only(selected):
             logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        targets = labels[selected]
+        targets = self.projection.pad_targets(labels[selected])
         return token_cross_entropy(logits, targets), logits, targets, selected
 
     def training_losses(self, model, inputs):
-        losses, *_ = self.masked_token_losses(model, inputs)
-        return losses, losses.new_tensor(len(losses))
+        losses, _, targets, _ = self.masked_token_losses(model, inputs)
+        return losses, (targets != -100).sum()
 
     def prediction_step(self, model, inputs):
-        import torch
-
         losses, logits, targets, selected = self.masked_token_losses(model, inputs)
+        stats = self.projection_stats(losses, logits, targets, selected)
+        return stats[:, 0].sum() / stats[:, 1].sum().clamp(min=1), stats, stats[:, 1]
+
+    def projection_stats(self, losses, logits, targets, selected):
+        """Per-example sums (loss, tokens, top-1 hits, top-5 hits) over the projected rows;
+        padded rows (target -100) add nothing."""
+        valid = targets != -100
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hit1 = top5[:, 0] == targets
-        hit5 = (top5 == targets[:, None]).any(dim=-1)
-        rows = selected.nonzero(as_tuple=True)[0]
-        stats = self.per_example(rows, len(selected), [losses, torch.ones_like(losses), hit1, hit5])
-        return losses.mean() if len(losses) else losses.sum(), stats, stats[:, 1]
+        hit1 = (top5[:, 0] == targets) & valid
+        hit5 = (top5 == targets[:, None]).any(dim=-1) & valid
+        rows = self.projection.pad_rows(selected.nonzero(as_tuple=True)[0])
+        return self.per_example(rows, len(selected), [losses, valid, hit1, hit5])
 
     def samples(self, model) -> list[dict[str, str]]:
         """Top-5 fillers for each fixed prompt's first mask."""
@@ -360,27 +364,57 @@ def batch_generator(seed: int, features: list[dict]):
     return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
 
+def rounded_rows(count: int) -> int:
+    """A multiple of 16 rows (64 past 256, 256 past 2048): few distinct projection shapes."""
+    step = 16 if count <= 256 else 64 if count <= 2048 else 256
+    return -(-count // step) * step
+
+
 class MaskedPositionsProjection:
     """Restricts the vocabulary projection (hidden x vocab, the biggest matmul of a small
     encoder) to the masked positions. A forward pre-hook on the head's decoder: the model is
-    still called through its own forward, so DDP and autocast wrappers keep working."""
+    still called through its own forward, so DDP and autocast wrappers keep working.
+
+    The selected rows are padded with zero rows to `rounded_rows`: their number differs in
+    every batch, and each new N x vocab shape left memory behind in oneDNN and the allocator
+    (as batch lengths did: engine.RoundedLengths). Callers pad the targets to match with -100
+    (`pad_targets`): padded rows then cost no loss and no gradient."""
 
     def __init__(self, decoder):
         self.selected = None
+        self.count = self.padding = 0
         decoder.register_forward_pre_hook(self._select)
 
     def _select(self, module, args):
         if self.selected is None:
             return None
-        return (args[0][self.selected],)
+        rows = args[0][self.selected]
+        if self.padding:
+            import torch.nn.functional as F
+
+            rows = F.pad(rows, (0, 0, 0, self.padding))
+        return (rows,)
 
     @contextmanager
     def only(self, selected):
-        self.selected = selected
+        self.count = int(selected.sum())
+        self.selected, self.padding = selected, rounded_rows(self.count) - self.count
         try:
             yield
         finally:
             self.selected = None
+
+    def pad_targets(self, targets):
+        """The selected positions' targets, with -100 for the padded rows of the last `only`."""
+        import torch.nn.functional as F
+
+        return F.pad(targets, (0, self.padding), value=-100) if self.padding else targets
+
+    def pad_rows(self, rows):
+        """Batch rows of the selected positions; padded rows count for row 0 with zero values."""
+        import torch.nn.functional as F
+
+        return F.pad(rows, (0, self.padding), value=0) if self.padding else rows
 
 
 class CausalLMTask(LanguageModelingTask):

@@ -124,7 +124,7 @@ class MaskedLMWithNspTask(MaskedLMTask):
                 attention_mask=inputs["attention_mask"],
                 token_type_ids=inputs["token_type_ids"],
             )
-        targets = labels[selected]
+        targets = self.projection.pad_targets(labels[selected])
         nsp_logits = output.seq_relationship_logits.float()
         nsp_losses = F.cross_entropy(nsp_logits, inputs["next_sentence_label"], reduction="none")
         return (
@@ -141,7 +141,10 @@ class MaskedLMWithNspTask(MaskedLMTask):
     def compute_loss(self, model, inputs, num_items_in_batch):
         mlm_losses, _, _, _, (nsp_losses, _) = self.pretraining_losses(model, inputs)
         if num_items_in_batch is None:
-            return mlm_losses.sum() / max(len(mlm_losses), 1) + nsp_losses.mean()
+            return (
+                mlm_losses.sum() / mlm_losses.new_tensor(float(self.projection.count)).clamp(min=1)
+                + nsp_losses.mean()
+            )
         # The Trainer does not divide by --grad-accum when it passes num_items_in_batch, so the
         # NSP mean is spread over the accumulated batches here as the MLM sum is.
         return mlm_losses.sum() / num_items_in_batch + nsp_losses.sum() / (
@@ -154,13 +157,10 @@ class MaskedLMWithNspTask(MaskedLMTask):
         mlm_losses, logits, targets, selected, (nsp_losses, nsp_logits) = self.pretraining_losses(
             model, inputs
         )
-        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hit1, hit5 = top5[:, 0] == targets, (top5 == targets[:, None]).any(dim=-1)
-        rows = selected.nonzero(as_tuple=True)[0]
-        stats = self.per_example(rows, len(selected), [mlm_losses, torch.ones_like(mlm_losses), hit1, hit5])
+        stats = self.projection_stats(mlm_losses, logits, targets, selected)
         nsp_correct = (nsp_logits.argmax(-1) == inputs["next_sentence_label"]).float()
         stats = torch.cat([stats, nsp_losses[:, None], nsp_correct[:, None]], dim=1)
-        loss = (mlm_losses.mean() if len(mlm_losses) else mlm_losses.sum()) + nsp_losses.mean()
+        loss = stats[:, 0].sum() / stats[:, 1].sum().clamp(min=1) + nsp_losses.mean()
         return loss, stats, stats[:, 1]
 
     def compute_metrics(self):

@@ -167,27 +167,25 @@ class SftTask(CausalLMTask):
         # (block-diagonal) mask from the position ids only when there is none.
         with self.projection.only(selected):
             logits = model(**forward, use_cache=False).logits
-        chosen = targets[selected]
+        chosen = self.projection.pad_targets(targets[selected])
         return token_cross_entropy(logits, chosen), logits, chosen, selected
 
     def training_losses(self, model, inputs):
-        losses, *_ = self.trained_token_losses(model, inputs)
-        return losses, losses.new_tensor(len(losses))
+        losses, _, targets, _ = self.trained_token_losses(model, inputs)
+        return losses, (targets != IGNORE).sum()
 
     def prediction_step(self, model, inputs):
-        import torch
-
         losses, logits, targets, selected = self.trained_token_losses(model, inputs)
-        hits = logits.argmax(dim=-1) == targets
+        valid = targets != IGNORE
+        hits = (logits.argmax(dim=-1) == targets) & valid
         rows = selected.nonzero(as_tuple=True)[0]
         if "position_ids" in inputs and selected.shape[0] == 1:  # packed: one row per example
             starts = (inputs["position_ids"][0] == 0).long().cumsum(0) - 1
             rows, count = starts[selected[0]], int(starts[-1]) + 1
         else:
             count = len(selected)
-        stats = self.per_example(rows, count, [losses, torch.ones_like(losses), hits])
-        mean = losses.mean() if len(losses) else losses.sum()
-        return mean, stats, stats[:, 1]
+        stats = self.per_example(self.projection.pad_rows(rows), count, [losses, valid, hits])
+        return stats[:, 0].sum() / stats[:, 1].sum().clamp(min=1), stats, stats[:, 1]
 
     # --- report -----------------------------------------------------------------------------
 
