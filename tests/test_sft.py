@@ -415,6 +415,31 @@ def test_an_adapter_only_dir_classifies_like_the_merged_run(cli, bare_encoder_di
         assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-4)
 
 
+def test_an_adapter_only_chat_dir_generates_like_the_merged_run(cli, chat_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "chat.jsonl", sums(16))
+    args = ["finetune", "--task", "sft", "-m", str(chat_llama_dir), "--train-data", str(data), "--lora"]
+    args += ["--lr", "1e-2", "--max-steps", "3", "--eval-split", "0", "--precision", "fp32"]
+    replies = {}
+    for name, extra in (("merged", []), ("adapter", ["--save-adapter-only"])):
+        assert cli(args + extra + ["-o", str(tmp_path / name)]).code == 0
+        reply = cli(
+            [
+                "generate",
+                "-m",
+                str(tmp_path / name),
+                "--chat",
+                "--max-new-tokens",
+                "6",
+                "--format",
+                "jsonl",
+                "3 plus 4",
+            ]
+        )
+        assert reply.code == 0, reply.stderr
+        replies[name] = json.loads(reply.stdout)["completion"]
+    assert replies["adapter"] == replies["merged"]
+
+
 def test_a_killed_lora_run_resumes_to_the_same_final_metrics(chat_llama_dir, tmp_path):
     from .test_finetune import kill_after_first_checkpoint_and_resume
 

@@ -98,8 +98,8 @@ def model_card(config, task, metrics: dict[str, Any], plots: list[str]) -> str:
         f"- train data: `{config.train_data}`; eval: `{eval_source}`; test: `{config.test_data or 'none'}`",
         *[f"- {note}" for note in task.card_notes()],
         f"- {settings}",
-        f"- wall time {run['wall_time_s']} s, {run['train_samples_per_second']} train samples/s, "
-        f"peak memory {run['peak_memory_mb']:,.0f} MB",
+        f"- wall time {run['wall_time_s']} s, {run['train_samples_per_second']} train samples/s"
+        + (f", peak memory {run['peak_memory_mb']:,.0f} MB" if run.get("peak_memory_mb") else ""),
         *lora_lines(run),
         "",
         "| split | metric | value |",
