@@ -178,3 +178,35 @@ def test_a_pause_in_the_input_flushes_what_was_read(tiny_classifier_dir):
     assert consumer.wait(timeout=120) == 0 and producer.wait() == 0
     assert json.loads(first)["label"] and json.loads(second)["label"]
     assert waited < 11, f"the first result waited {waited:.1f} s for the second line"
+
+
+def test_ctrl_c_while_waiting_for_a_slow_producer_stops_cleanly(tiny_classifier_dir):
+    """Ctrl-C while classify waits for the producer's next line (after the pause flush): it stops
+    at once with exit 130 and no traceback, and the result already printed stays printed."""
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import BGCLI, interrupt_and_wait, start_interruptible
+
+    producer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PRODUCER.format(pause=120)], stdout=subprocess.PIPE
+    )
+    consumer = start_interruptible(
+        [*BGCLI, "classify", "-m", str(tiny_classifier_dir), "--format", "jsonl"],
+        stdin=producer.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    producer.stdout.close()
+    try:
+        first = consumer.stdout.readline()  # the first line is answered; now it waits for more
+        started = time.monotonic()
+        stderr = interrupt_and_wait(consumer, timeout=60).decode()
+        waited = time.monotonic() - started
+    finally:
+        producer.kill()
+        producer.wait()
+    assert json.loads(first)["label"]
+    assert consumer.returncode == 130 and waited < 10  # not when the producer's 120 s end
+    assert "Traceback" not in stderr

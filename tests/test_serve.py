@@ -340,6 +340,35 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path, chat_model_dir):
     assert answers and answers[0].status_code == 200 and answers[0].json()["choices"][0]["text"]
 
 
+def test_shutdown_timeout_cuts_off_a_request_that_runs_past_it(tmp_path, chat_model_dir):
+    """--shutdown-timeout bounds SIGTERM's wait: a request held longer (here in a 1 s batch
+    window, with 0.2 s allowed) is cut off after it, and the server exits instead of waiting."""
+    import httpx
+
+    running = RunningServer(
+        ["-m", f"gpt={chat_model_dir}", "--batch-wait-ms", "1000", "--shutdown-timeout", "0.2"], tmp_path
+    )
+    outcome: list[object] = []
+    body = {"model": "gpt", "prompt": "the movie", "max_tokens": 4, "temperature": 0}
+
+    def ask() -> None:
+        try:
+            outcome.append(httpx.post(running.url + "/v1/completions", json=body, timeout=60).status_code)
+        except httpx.HTTPError as exc:
+            outcome.append(type(exc).__name__)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert running.stop() in CLEAN_EXITS
+    stopped_after = time.monotonic() - started
+    thread.join(timeout=30)
+    assert stopped_after < 10, f"the server waited {stopped_after:.1f} s"
+    assert outcome and outcome[0] != 200  # cut off: no answer, or an error status
+    assert "Traceback" not in running.log.read_text()
+
+
 def test_other_addresses_need_an_api_key(cli, tiny_classifier_dir):
     result = cli(["serve", "-m", f"rt={tiny_classifier_dir}", "--host", "0.0.0.0"])
     assert result.code == 2 and "--api-key" in result.stderr

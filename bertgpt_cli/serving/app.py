@@ -69,12 +69,59 @@ def run_app(server: Server, sock, shutdown_timeout: float = 30.0) -> None:
     import uvicorn
 
     config = uvicorn.Config(
-        create_app(server),
+        CutOffAtShutdown(create_app(server)),
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=shutdown_timeout,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+class CutOffAtShutdown:
+    """Past --shutdown-timeout uvicorn cancels the requests still running, and logged each one's
+    CancelledError as "Exception in ASGI application" with a traceback. Here the cut-off is one
+    log line, and a request whose response had not started gets a 503 instead of a bare close."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        import asyncio
+
+        started = False
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if scope.get("type") != "http":
+                raise
+            from ..io.console import warn
+
+            warn(f"{scope.get('method')} {scope.get('path')} cut off at shutdown (--shutdown-timeout)")
+            if not started:
+                await _try_send_503(send)
+
+
+async def _try_send_503(send) -> None:
+    import json
+
+    body = json.dumps(error_body("the server is shutting down; retry later", "server_shutting_down")).encode()
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # noqa: BLE001 - the connection may already be gone; nothing else to do
+        pass
 
 
 class ApiError(Exception):
