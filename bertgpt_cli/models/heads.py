@@ -94,7 +94,7 @@ BY_TASK = {head.task: head for head in HEADS}
 BY_COMMAND = {head.command: head for head in HEADS}
 # sft trains the causal-LM head too, on conversations (the loss on the assistant's replies).
 FINETUNE_TASKS = (*(head.task for head in HEADS if head.finetune), "sft")
-HEAD_OF_TASK = {**{task: task for task in FINETUNE_TASKS}, "sft": "clm"}
+HEAD_OF_TASK = {"sft": "clm"}  # tasks that train another task's head
 EXPORT_TASKS = tuple(head.task for head in HEADS if head.onnx_outputs)
 # The commands `bgcli serve` answers on a task endpoint (embeddings have their OpenAI one).
 TASK_COMMANDS = tuple(head.command for head in HEADS if head.command != "embed")
@@ -142,7 +142,7 @@ def model_uses(architecture: str) -> str:
     decoder = head is not None and head.task == "clm"
     uses = [head.command] if head is not None and head.command != "embed" else []
     uses += [] if decoder else ["embed", "search"]
-    tasks = ["clm", "sft"] if decoder else [task for task in FINETUNE_TASKS if task not in ("clm", "sft")]
+    tasks = [task for task in FINETUNE_TASKS if (head_for(task).task == "clm") == decoder]
     uses += [f"finetune ({', '.join(tasks)})", "pretrain --tokenizer"]
     return ", ".join(uses)
 

@@ -266,8 +266,9 @@ def load_model(resolved: ResolvedModel, auto_class: Any, task: str, config: Any 
 def load_with_adapter(resolved: ResolvedModel, auto_class: Any, config: Any, **kwargs: Any):
     """An adapter-only run dir: its base, with the adapter merged in."""
     import copy
+    import dataclasses
 
-    base = ResolvedModel(**{**resolved.__dict__, "adapter_run": None})
+    base = dataclasses.replace(resolved, adapter_run=None)
     # The trained config (labels, head) over the base's weights, at the base's vocabulary size;
     # rows a run added (--chat-template chatml) are grown before the adapter is applied.
     base_config = copy.deepcopy(config)
@@ -306,13 +307,13 @@ def missing_safetensors_message(resolved: ResolvedModel) -> str:
 def checkpoint_keys(resolved: ResolvedModel) -> set[str] | None:
     """The weight names a model's safetensors checkpoint holds (None when it cannot be read:
     weights drawn at random, or an unreachable file). Reads headers only."""
-    import json as json_
+    import json
 
     if resolved.source == "scratch":
         return set()
     index = model_file(resolved, "model.safetensors.index.json")
     if index is not None:
-        return set(json_.loads(index.read_text()).get("weight_map", {}))
+        return set(json.loads(index.read_text()).get("weight_map", {}))
     weights = model_file(resolved, "model.safetensors")
     if weights is None:
         return None

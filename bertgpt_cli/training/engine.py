@@ -598,13 +598,13 @@ def peak_memory_mb() -> float:
 def save_model_files(config, trainer, folder: Path) -> None:
     """The weights: as trained, or with --lora adapter/ plus the merged model (loads anywhere,
     no peft needed); --save-adapter-only keeps the config but no merged weights."""
-    from .lora import ADAPTER_DIR, is_lora_model, merged, save_adapter
+    from .lora import is_lora_model, save_adapter
 
     if not is_lora_model(trainer.model):
         trainer.save_model(str(folder))
         return
-    save_adapter(trainer.model, folder / ADAPTER_DIR, config.model)
-    plain = merged(trainer.model)
+    save_adapter(trainer.model, folder, config.model)
+    plain = trainer.model.merge_and_unload()  # adapters folded into the weights
     if config.save_adapter_only:
         plain.config.architectures = [type(plain).__name__]  # what save_pretrained would record
         plain.config.save_pretrained(str(folder))

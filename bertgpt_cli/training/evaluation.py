@@ -99,10 +99,6 @@ def run(config: EvalConfig) -> dict:
         )
     if not config.compare and len(models) != 1:
         raise UsageError("pass one model (-m MODEL), or two with --compare")
-    if config.generate and config.task not in ("auto", "sft"):
-        raise UsageError(
-            f"--generate scores chat replies: it applies to --task sft, not --task {config.task}"
-        )
     output = check_report_dir(config.output) if config.output else None
     results = [evaluate(config, model) for model in models]
     if config.compare:

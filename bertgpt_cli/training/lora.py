@@ -43,19 +43,19 @@ def created_head_modules(model) -> list[str]:
         return []
     shared = {p.data_ptr() for p in base.parameters()}
 
-    def own(module) -> list[str]:
+    def own(children) -> list[str]:
         found = []
-        for name, child in module.named_children():
+        for name, child in children:
             pointers = {p.data_ptr() for p in child.parameters()}
             if not pointers:
                 continue
             if pointers & shared:
-                found += [f"{name}.{inner}" for inner in own(child)]
+                found += [f"{name}.{inner}" for inner in own(child.named_children())]
             else:
                 found.append(name)
         return found
 
-    return [name for name in own(model) if not name.startswith(getattr(model, "base_model_prefix", "\0"))]
+    return own((name, child) for name, child in model.named_children() if child is not base)
 
 
 def created_modules(model, saved: set[str] | None) -> list[str]:
@@ -136,16 +136,14 @@ def trainable_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ADAPTER_DIR"]  # re-exported for the engine
-
-
 def is_lora_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
-def save_adapter(model, folder: Path, base_spec: str) -> None:
-    """adapter/: adapter_config.json + adapter_model.safetensors, with the base named as the
+def save_adapter(model, run_folder: Path, base_spec: str) -> None:
+    """RUN/adapter/: adapter_config.json + adapter_model.safetensors, with the base named as the
     user named it (an alias or Hub id resolves anywhere; a local path as an absolute path)."""
+    folder = run_folder / ADAPTER_DIR
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / "README.md").unlink(missing_ok=True)  # peft's blank card; the run's README.md says it all
     config_file = folder / "adapter_config.json"
@@ -157,8 +155,3 @@ def save_adapter(model, folder: Path, base_spec: str) -> None:
 def portable_spec(spec: str) -> str:
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec
-
-
-def merged(model):
-    """The plain model with the adapters folded into its weights (the PeftModel is consumed)."""
-    return model.merge_and_unload()
