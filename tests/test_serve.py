@@ -324,36 +324,37 @@ def test_overload_is_503_with_retry_after(tmp_path, tiny_classifier_dir):
         busy.stop()
 
 
-def test_sigterm_finishes_the_request_in_flight(tmp_path, chat_model_dir):
+def test_sigterm_finishes_the_request_in_flight(tmp_path, tiny_classifier_dir):
     import httpx
 
-    running = RunningServer(["-m", f"gpt={chat_model_dir}", "--batch-wait-ms", "500"], tmp_path)
+    running = RunningServer(["-m", f"rt={tiny_classifier_dir}", "--batch-wait-ms", "500", "--preload"], tmp_path)
     answers: list[httpx.Response] = []
-    body = {"model": "gpt", "prompt": "the movie", "max_tokens": 4, "temperature": 0}
+    body = {"model": "rt", "text": "the movie"}
     thread = threading.Thread(
-        target=lambda: answers.append(httpx.post(running.url + "/v1/completions", json=body, timeout=60))
+        target=lambda: answers.append(httpx.post(running.url + "/v1/classify", json=body, timeout=60))
     )
     thread.start()
     time.sleep(0.2)  # the request waits in its batch window when SIGTERM arrives
     assert running.stop() in CLEAN_EXITS
     thread.join()
-    assert answers and answers[0].status_code == 200 and answers[0].json()["choices"][0]["text"]
+    assert answers and answers[0].status_code == 200 and answers[0].json()["data"][0]["label"]
 
 
-def test_shutdown_timeout_cuts_off_a_request_that_runs_past_it(tmp_path, chat_model_dir):
+def test_shutdown_timeout_cuts_off_a_request_that_runs_past_it(tmp_path, tiny_classifier_dir):
     """--shutdown-timeout bounds SIGTERM's wait: a request held longer (here in a 1 s batch
     window, with 0.2 s allowed) is cut off after it, and the server exits instead of waiting."""
     import httpx
 
     running = RunningServer(
-        ["-m", f"gpt={chat_model_dir}", "--batch-wait-ms", "1000", "--shutdown-timeout", "0.2"], tmp_path
+        ["-m", f"rt={tiny_classifier_dir}", "--batch-wait-ms", "1000", "--shutdown-timeout", "0.2", "--preload"],
+        tmp_path,
     )
     outcome: list[object] = []
-    body = {"model": "gpt", "prompt": "the movie", "max_tokens": 4, "temperature": 0}
+    body = {"model": "rt", "text": "the movie"}
 
     def ask() -> None:
         try:
-            outcome.append(httpx.post(running.url + "/v1/completions", json=body, timeout=60).status_code)
+            outcome.append(httpx.post(running.url + "/v1/classify", json=body, timeout=60).status_code)
         except httpx.HTTPError as exc:
             outcome.append(type(exc).__name__)
 
@@ -423,7 +424,7 @@ def test_a_model_path_that_does_not_exist_stops_the_server_at_start(cli, tmp_pat
         ({"n": "3"}, '"n" must be a whole number >= 1'),
         ({"n": 0}, '"n" must be a whole number >= 1'),
         ({"n": 2, "temperature": 0}, '"n" > 1 needs sampling'),
-        ({"n": 5000, "temperature": 1}, "the server queues at most 1024"),
+        ({"n": 5000, "temperature": 1}, "over the 32 sequences this server runs at once"),
     ],
 )
 def test_client_mistakes_in_completions_are_4xx_not_500(server, extra, message):

@@ -170,7 +170,8 @@ class Generator:
         gen.no_repeat_ngram_size = c.no_repeat_ngram_size or None
         gen.pad_token_id = self.tokenizer.pad_token_id
         if c.sample:
-            gen.temperature, gen.top_k, gen.top_p = c.temperature, c.top_k or None, c.top_p
+            # top_k 0 stays 0: transformers 5 fills a None with its default (50), not "off"
+            gen.temperature, gen.top_k, gen.top_p = c.temperature, c.top_k, c.top_p
         else:  # greedy/beam: sampling knobs from the model's config would only warn
             gen.temperature, gen.top_k, gen.top_p = None, None, None
         if c.stop:
@@ -184,9 +185,13 @@ class Generator:
         messages.append({"role": "user", "content": prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def encode(self, prompt: str):
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's tokens, whole (the server refuses what does not fit; encode() cuts)."""
         templated = self.config.chat or self.templated  # the template holds the special tokens
-        ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not templated)["input_ids"]
+        return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not templated)["input_ids"]
+
+    def encode(self, prompt: str):
+        ids = self.prompt_ids(prompt)
         room = self.limit - self.config.max_new_tokens
         if room < 1:
             raise UsageError(

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import functools
 import sys
 import time
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..errors import BgcliError, UsageError, first_line
 from ..inference import engine
 from ..inference.embed import EmbedConfig, load_embedder
 from ..io.console import info
-from ..io.records import RecordError
 from ..models.heads import TASK_COMMANDS
 from .batcher import (
     Batcher,
@@ -37,6 +35,10 @@ from .batcher import (
     options_key,
     output_records,
 )
+from .completions import generation_endpoint
+from .continuous import ContinuousEngine
+from .metrics import ServerMetrics
+from .requests import ApiError, ClientGone, error_body, json_body, texts_of
 
 
 def listening_socket(host: str, port: int):
@@ -124,16 +126,6 @@ async def _try_send_503(send) -> None:
         pass
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
-
-
-def error_body(message: str, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-
 class Server:
     """The registry of served models and their batchers, shared by every request."""
 
@@ -154,6 +146,8 @@ class Server:
         self.quiet = quiet
         self.batchers: dict[tuple, Batcher] = {}
         self.configs: dict[tuple, Any] = {}  # (model, command, options) -> the command's config
+        self.engines: dict[str, ContinuousEngine] = {}  # model name -> its generation scheduler
+        self.metrics = ServerMetrics()
 
     def config(self, command: str, served: ServedModel, options: dict):
         """The command's config for these options, built and checked once per distinct request."""
@@ -196,24 +190,41 @@ class Server:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(served.worker, served.load, key, make)
 
+    async def generation_engine(self, served: ServedModel, loaded) -> ContinuousEngine:
+        """The model's continuous-batching scheduler, started on first use."""
+        if served.name not in self.engines:
+            from .continuous import Limits
+
+            s = self.settings
+            limits = Limits(s.max_sequences, s.kv_cache_tokens, s.max_queue)
+            self.engines[served.name] = ContinuousEngine(
+                *loaded, limits, served.worker, self.metrics, served.name
+            )
+        return self.engines[served.name]
+
     def batcher(self, served: ServedModel, key: tuple, make_processor) -> Batcher:
         if key not in self.batchers:
             s = self.settings
+            size_histogram = self.metrics.batch_size.labels(served.name, key[1])
+            queue_gauge = self.metrics.queue.labels(served.name)
             self.batchers[key] = Batcher(
-                make_processor(), served.worker, s.batch_wait_ms / 1000, s.max_batch, s.max_queue
+                make_processor(),
+                served.worker,
+                s.batch_wait_ms / 1000,
+                s.max_batch,
+                s.max_queue,
+                on_batch=size_histogram.observe,
+                on_queue=queue_gauge.set,
             )
         return self.batchers[key]
 
-    async def run_records(
-        self, request: Request, served: ServedModel, key: tuple, make_processor, records, per_record: int = 1
-    ):
-        """Good records through the model's batcher; every record's result, in order.
-        `per_record`: what each weighs against --max-queue (completions per prompt)."""
+    async def run_records(self, request: Request, served: ServedModel, key: tuple, make_processor, records):
+        """Good records through the model's batcher; every record's result, in order."""
         good = [r for r in records if r.error is None]
         results: list = []
         if good:
             batcher = self.batcher(served, key, make_processor)
-            submitted = batcher.submit(good, len(good) * per_record)
+            submitted = batcher.submit(good)
             try:
                 results, size = await asyncio.wait_for(submitted, self.request_timeout_s)
             except asyncio.TimeoutError:
@@ -223,61 +234,6 @@ class Server:
             request.state.batch = size
         done = iter(results)
         return [next(done) if r.error is None else None for r in records]
-
-
-BODY_STALL_TIMEOUT_S = 30.0  # a client that stops sending its body mid-way is cut off
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body arrived: nothing to answer, nothing to log."""
-
-
-async def read_body(request: Request) -> bytes:
-    """The body, counted as it arrives: a chunked body (no Content-Length) is held to
-    --max-body-mb too, and a body that stops arriving is cut off after a while."""
-    from starlette.requests import ClientDisconnect
-
-    limit = request.app.state.server.max_body_bytes
-    chunks, size = [], 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), BODY_STALL_TIMEOUT_S)
-        except StopAsyncIteration:
-            return b"".join(chunks)
-        except asyncio.TimeoutError:
-            raise ApiError(408, f"the request body stopped arriving for {BODY_STALL_TIMEOUT_S:g} s") from None
-        except ClientDisconnect:
-            raise ClientGone() from None
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body is over the limit of {limit} bytes (--max-body-mb)")
-        chunks.append(chunk)
-
-
-async def json_body(request: Request) -> dict:
-    raw = await read_body(request)
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError:
-        raise ApiError(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
-
-
-def texts_of(body: dict, *keys: str) -> list:
-    """The request's input: a string or a non-empty list, under the first key present."""
-    key = next((k for k in keys if k in body), None)
-    if key is None:
-        raise ApiError(400, f'pass the input as "{keys[0]}": a string or a list')
-    value = body.pop(key)
-    for other in keys:
-        body.pop(other, None)
-    items = [value] if isinstance(value, (str, dict)) else value
-    if not isinstance(items, list) or not items:
-        raise ApiError(400, f'"{key}" must be a string or a non-empty list')
-    return items
 
 
 def create_app(server: Server) -> FastAPI:
@@ -324,6 +280,13 @@ def create_app(server: Server) -> FastAPI:
         if server.authorized(request):
             body["models"] = {n: {"loaded": sorted(m.loaded)} for n, m in server.models.items()}
         return body
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus text format; behind --api-key like every path but /health (give the
+        scraper the key: `authorization: {credentials: KEY}` in its scrape config)."""
+        body, content_type = server.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def list_models():
@@ -373,15 +336,36 @@ class GuardAndLog:
             await refusal(scope, receive, send_and_note)
         else:
             await self.app(scope, receive, send_and_note)
+        state = scope.get("state") or {}
+        seconds = time.perf_counter() - started
+        self._count(scope["path"], state.get("model") or "", status["code"], seconds)
         if not self.server.quiet:
-            state = scope.get("state") or {}
-            latency = (time.perf_counter() - started) * 1000
+            latency = seconds * 1000
             print(
                 f"{scope['method']} {scope['path']} {status['code']} {latency:.0f}ms "
                 f"model={state.get('model') or '-'} batch={state.get('batch') or '-'}",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _count(self, path: str, model: str, status: int, seconds: float) -> None:
+        # Only the server's own paths as labels: a scanner's random URLs must not grow the series.
+        endpoint = path if path in self.endpoints else "other"
+        metrics = self.server.metrics
+        metrics.requests.labels(endpoint, model, str(status)).inc()
+        if path != "/metrics":
+            metrics.latency.labels(endpoint, model).observe(seconds)
+
+    @functools.cached_property
+    def endpoints(self) -> set[str]:
+        return {
+            "/health",
+            "/metrics",
+            "/v1/models",
+            "/v1/embeddings",
+            "/v1/completions",
+            "/v1/chat/completions",
+        } | {f"/v1/{command}" for command in TASK_COMMANDS}
 
 
 def _refusal(server: Server, request: Request) -> JSONResponse | None:
@@ -459,196 +443,3 @@ async def embeddings_endpoint(server: Server, request: Request):
         "model": served.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-
-
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-def generation_options(body: dict) -> dict[str, Any]:
-    """OpenAI sampling parameters as `bgcli generate` options (temperature 0 = greedy)."""
-    temperature = body.get("temperature", 1.0)
-    if temperature is None:
-        temperature = 1.0
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ApiError(400, '"temperature" must be a number >= 0')
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ApiError(400, '"stop" must be a string or a list of strings')
-    options: dict[str, Any] = {
-        "max_new_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 16
-    }
-    if temperature > 0:
-        options |= {"sample": True, "temperature": float(temperature), "top_k": 0}
-    if body.get("top_p") is not None:
-        options["top_p"] = body["top_p"]
-    if stop:
-        options["stop"] = stop
-    if body.get("seed") is not None:
-        options["seed"] = body["seed"]
-    n = body.get("n", 1)
-    n = 1 if n is None else n
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ApiError(400, '"n" must be a whole number >= 1')
-    if n > 1:
-        if temperature == 0:
-            raise ApiError(
-                400, '"n" > 1 needs sampling ("temperature" > 0): greedy decoding gives one answer'
-            )
-        options["num_return_sequences"] = n
-    return options
-
-
-async def generation_endpoint(server: Server, request: Request, chat: bool):
-    from ..inference import generate
-
-    body = await json_body(request)
-    served = server.model(body.get("model"))
-    request.state.model = served.name
-    options = generation_options(body)
-    config = server.config("generate", served, options)
-    loaded = await server.loaded(served, "generate", lambda: generate.load(config))
-    tokenizer = loaded[1]
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, '"messages" must be a non-empty list of {role, content} objects')
-        if not tokenizer.chat_template:
-            raise ApiError(400, f"model '{served.name}' has no chat template; use /v1/completions")
-        prompts = [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
-    else:
-        prompts = texts_of(body, "prompt")
-        if not all(isinstance(p, str) for p in prompts):
-            raise ApiError(400, '"prompt" must be a string or a list of strings')
-    if body.get("stream"):
-        if len(prompts) != 1 or options.get("num_return_sequences", 1) > 1:
-            raise ApiError(400, "streaming answers one prompt with n = 1")
-        return StreamingResponse(
-            stream_events(server, served, loaded, config, prompts[0], chat), media_type="text/event-stream"
-        )
-
-    def make_processor():
-        generator = generate.Generator(*loaded, config)
-        generator.templated = chat
-
-        def run(records):
-            if config.seed is not None:
-                from transformers import set_seed
-
-                set_seed(config.seed)
-            return generator.generate(records)
-
-        return run
-
-    records = input_records(prompts, "text")
-    key = (served.name, "chat" if chat else "completions", options_key(options))
-    n = options.get("num_return_sequences", 1)
-    results = await server.run_records(request, served, key, make_processor, records, per_record=n)
-    choices, completion_tokens = [], 0
-    for outcome in results:
-        if isinstance(outcome, RecordError) or outcome is None:
-            raise ApiError(400, str(outcome) if outcome else "empty prompt")
-        for record in outcome:
-            completion_tokens += record["generated_tokens"]
-            finish = FINISH_REASONS[record["finish_reason"]]
-            index = len(choices)
-            if chat:
-                choices.append(
-                    {
-                        "index": index,
-                        "message": {"role": "assistant", "content": record["completion"]},
-                        "finish_reason": finish,
-                    }
-                )
-            else:
-                choices.append(
-                    {"index": index, "text": record["completion"], "logprobs": None, "finish_reason": finish}
-                )
-    prompt_tokens = sum(len(tokenizer(p, add_special_tokens=not chat)["input_ids"]) for p in prompts)
-    return {
-        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-        "object": "chat.completion" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": served.name,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
-async def stream_events(server: Server, served: ServedModel, loaded, config, prompt: str, chat: bool):
-    """Server-sent events, one per decoded piece of text, then the finish reason and [DONE]."""
-    from transformers import TextIteratorStreamer
-
-    from ..inference import generate
-
-    model, tokenizer = loaded
-    generator = generate.Generator(model, tokenizer, config)
-    generator.templated = chat
-    streamer = TextIteratorStreamer(
-        tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=server.request_timeout_s
-    )
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        import torch
-
-        try:
-            if config.seed is not None:
-                from transformers import set_seed
-
-                set_seed(config.seed)
-            ids = generator.encode(prompt)
-            tensor = torch.tensor([ids], device=model.device)
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=tensor,
-                    attention_mask=torch.ones_like(tensor),
-                    generation_config=generator.generation_config,
-                    streamer=streamer,
-                )
-            outcome["record"] = generator.describe(ids, output[0, len(ids) :].tolist(), prompt)
-        except Exception as exc:  # reported in the stream, never a dead connection
-            outcome["error"] = first_line(exc)
-            streamer.end()
-
-    loop = asyncio.get_running_loop()
-    job = loop.run_in_executor(served.worker, work)
-    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
-        if chat:
-            delta = (
-                {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-            )
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        event = {
-            "id": ident,
-            "object": kind,
-            "created": int(time.time()),
-            "model": served.name,
-            "choices": [choice],
-        }
-        return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-
-    if chat:
-        yield chunk("", None, first=True)
-    pieces = iter(streamer)
-    while True:
-        piece = await loop.run_in_executor(None, next, pieces, None)
-        if piece is None:
-            break
-        if piece:
-            yield chunk(piece, None)
-    await job
-    if "error" in outcome:
-        yield f"data: {json.dumps(error_body(outcome['error'], 'server_error'))}\n\n"
-    else:
-        yield chunk(None, FINISH_REASONS[outcome["record"]["finish_reason"]])
-    yield "data: [DONE]\n\n"

@@ -46,6 +46,8 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     max_batch: int = 64
     max_queue: int = 1024
+    max_sequences: int = 32
+    kv_cache_tokens: int = 65536
 
 
 def parse_model_specs(values: list[str]) -> dict[str, str]:
@@ -131,18 +133,19 @@ class Batcher:
     wait_s: float
     max_batch: int
     max_queue: int
+    on_batch: Any = None  # metrics: called with each batch's size
+    on_queue: Any = None  # metrics: called with the records waiting
     queued: int = 0
     waiting: list[_Waiting] = field(default_factory=list)
     flusher: asyncio.Task | None = None
     last_batch_size: int = 0
 
-    async def submit(self, records: list[InputRecord], cost: int | None = None) -> tuple[list, int]:
-        """Results for `records`, and the size of the batch they ran in. `cost`: what they
-        weigh against --max-queue (generation: prompts x completions each), default one each."""
-        cost = len(records) if cost is None else cost
+    async def submit(self, records: list[InputRecord]) -> tuple[list, int]:
+        """Results for `records`, and the size of the batch they ran in."""
+        cost = len(records)
         if cost > self.max_queue:  # would wait forever: say so instead of "busy, retry"
             raise TooLarge(
-                f"this request holds {cost} records (or sequences); the server queues at most "
+                f"this request holds {cost} records; the server queues at most "
                 f"{self.max_queue} per model (--max-queue): send fewer at a time"
             )
         if self.queued + cost > self.max_queue:
@@ -150,13 +153,18 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Waiting(records, loop.create_future())
         self.waiting.append(item)
-        self.queued += cost
+        self._queued(cost)
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush_loop())
         try:
             return await item.future
         finally:
-            self.queued -= cost
+            self._queued(-cost)
+
+    def _queued(self, change: int) -> None:
+        self.queued += change
+        if self.on_queue is not None:
+            self.on_queue(self.queued)
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,6 +176,8 @@ class Batcher:
                 taken.append(item)
                 size += len(item.records)
             records = [r for item in taken for r in item.records]
+            if self.on_batch is not None:
+                self.on_batch(size)
             try:
                 results = await loop.run_in_executor(self.worker, self.run_batch, records)
             except asyncio.CancelledError:

@@ -45,7 +45,25 @@ class ServeConfig(OutputOptions):
     )
     max_batch: int = option(64, "Most records in one batch across requests.", panel="Batching", ge=1)
     max_queue: int = option(
-        1024, "Most records waiting per model; beyond it requests get 503.", panel="Batching", ge=1
+        1024,
+        "Most records (task endpoints) or sequences (generation) waiting per model; beyond it "
+        "requests get 503 with Retry-After.",
+        panel="Batching",
+        ge=1,
+    )
+    max_concurrent_sequences: int = option(
+        32,
+        "Generation: most sequences decoded together; new requests join the running batch at the "
+        "next step up to this, then wait in the queue.",
+        panel="Batching",
+        ge=1,
+    )
+    kv_cache_tokens: int = option(
+        65536,
+        "Generation: KV-cache budget in tokens; each running sequence reserves its prompt + max_tokens "
+        "(SmolLM2-135M: 46 KB a token in fp32, so 65536 = 3 GB).",
+        panel="Batching",
+        ge=1,
     )
     max_body_mb: float = option(8.0, "Largest request body.", panel=PANEL, gt=0)
     request_timeout: float = option(300.0, "Seconds a request may wait and run.", panel=PANEL, gt=0)
@@ -96,6 +114,8 @@ def run(config: ServeConfig) -> None:
         batch_wait_ms=config.batch_wait_ms,
         max_batch=config.max_batch,
         max_queue=config.max_queue,
+        max_sequences=config.max_concurrent_sequences,
+        kv_cache_tokens=config.kv_cache_tokens,
     )
     from ...serving.app import Server, listening_socket, run_app
 
