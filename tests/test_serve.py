@@ -327,7 +327,9 @@ def test_overload_is_503_with_retry_after(tmp_path, tiny_classifier_dir):
 def test_sigterm_finishes_the_request_in_flight(tmp_path, tiny_classifier_dir):
     import httpx
 
-    running = RunningServer(["-m", f"rt={tiny_classifier_dir}", "--batch-wait-ms", "500", "--preload"], tmp_path)
+    running = RunningServer(
+        ["-m", f"rt={tiny_classifier_dir}", "--batch-wait-ms", "500", "--preload"], tmp_path
+    )
     answers: list[httpx.Response] = []
     body = {"model": "rt", "text": "the movie"}
     thread = threading.Thread(
@@ -346,7 +348,15 @@ def test_shutdown_timeout_cuts_off_a_request_that_runs_past_it(tmp_path, tiny_cl
     import httpx
 
     running = RunningServer(
-        ["-m", f"rt={tiny_classifier_dir}", "--batch-wait-ms", "1000", "--shutdown-timeout", "0.2", "--preload"],
+        [
+            "-m",
+            f"rt={tiny_classifier_dir}",
+            "--batch-wait-ms",
+            "1000",
+            "--shutdown-timeout",
+            "0.2",
+            "--preload",
+        ],
         tmp_path,
     )
     outcome: list[object] = []

@@ -68,7 +68,9 @@ def generate_locally(cli, model: Path, prompts: list[str], *flags: str) -> list[
 # --- the engine in-process: requests joining a running batch ---------------------------------
 
 
-def run_engine_in_waves(model_dir, prompts: list[str], max_tokens: list[int], stops=(), loaded=None) -> list[dict]:
+def run_engine_in_waves(
+    model_dir, prompts: list[str], max_tokens: list[int], stops=(), loaded=None
+) -> list[dict]:
     """Half the prompts start; the rest join once the first tokens are out (mid-batch)."""
     from bertgpt_cli.inference import generate
     from bertgpt_cli.serving.continuous import ContinuousEngine, GenerationRequest, Limits

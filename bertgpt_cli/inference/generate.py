@@ -215,7 +215,7 @@ class Generator:
         def run_batch(batch: list[int]) -> list:
             return self._generate_ids([encoded[i] for i in batch], [records[i].text for i in batch])
 
-        return process_sorted(lengths, self.config.batch_size, run_batch)
+        return process_sorted(lengths, self.config.batch_size, run_batch, split_by_padding=False)
 
     def _generate_ids(self, batch_ids: list[list[int]], prompts: list[str]) -> list:
         import torch

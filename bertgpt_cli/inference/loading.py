@@ -177,24 +177,55 @@ def refuse_random_weights(spec: str, task: str, missing: Iterable[str], model: A
         )
 
 
-def length_sorted(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Batches of indices with similar lengths (longest first), to cut padding."""
+# What one more forward pass costs, in padded tokens (minilm on 2 cores: 32-128 measured alike).
+BATCH_OVERHEAD_TOKENS = 64
+
+
+def length_sorted(
+    indices: Sequence[int], lengths: Sequence[int], batch_size: int, split_by_padding: bool = False
+) -> Iterator[list[int]]:
+    """Batches of indices with similar lengths (longest first), to cut padding. With
+    `split_by_padding`, batch boundaries are chosen to cost the fewest padded tokens plus
+    BATCH_OVERHEAD_TOKENS per forward pass: a few records of mixed lengths (a server's batch
+    of 32 single-text requests) run as a few shorter batches instead of one padded to the
+    longest (measured: 1.5x sentences/s on RT sentences with minilm)."""
     order = sorted(indices, key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    if not split_by_padding:
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        return
+    yield from (order[start:end] for start, end in _cheapest_split([lengths[i] for i in order], batch_size))
+
+
+def _cheapest_split(descending: list[int], batch_size: int) -> list[tuple[int, int]]:
+    """Dynamic programming over the sorted lengths: best[j] = the cheapest way to run the first
+    j records, each batch costing rows x its longest + the per-pass overhead."""
+    n = len(descending)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - batch_size), end):
+            cost = best[start] + (end - start) * descending[start] + BATCH_OVERHEAD_TOKENS
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    spans, end = [], n
+    while end:
+        spans.append((cut[end], end))
+        end = cut[end]
+    return spans[::-1]
 
 
 def process_sorted(
     lengths: Sequence[int],
     batch_size: int,
     run_batch: Callable[[list[int]], list],
+    split_by_padding: bool = True,
 ) -> list:
     """Run `run_batch` on length-sorted batches of record indices; results in input order.
 
     `run_batch` returns one result per index: a list of output dicts or a RecordError.
     """
     results: list = [None] * len(lengths)
-    for batch in length_sorted(range(len(lengths)), lengths, batch_size):
+    for batch in length_sorted(range(len(lengths)), lengths, batch_size, split_by_padding):
         for index, result in zip(batch, run_batch(batch), strict=True):
             results[index] = result
     return results

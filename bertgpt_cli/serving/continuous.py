@@ -1,10 +1,12 @@
 """Continuous (in-flight) batching of generation for `bgcli serve`, without HTTP.
 
-One engine per served causal LM, in its own thread: every iteration admits waiting requests
-(prefilled together, up to PREFILL_TOKENS prompt tokens at a time, so a burst of new prompts
-does not stall the streams already running), then runs one decode step for every running
-sequence. A sequence that ends (end of text, a stop string, its max tokens) or whose client
-went away leaves the batch at the end of that step, and its rows of the KV cache go with it.
+One engine per served causal LM, run in the model's worker thread: every iteration admits
+waiting requests, up to PREFILL_TOKENS prompt tokens (so a burst of new prompts does not stall
+the streams already running), prefills each alone (a prompt is already a wide matrix; padding
+mixed lengths together cost more than it saved, and each gets its first token at once), then
+runs one decode step for every running sequence. A sequence that ends (end of text, a stop
+string, its max tokens) or whose client went away leaves the batch at the end of that step,
+and its rows of the KV cache go with it.
 
 Why bgcli's own scheduler and not transformers' `ContinuousBatchingManager`: on this CPU
 (2 cores, SmolLM2-135M, 16 prompts x 64 tokens) the latter gives the same greedy text but
@@ -172,8 +174,8 @@ class ContinuousEngine:
                 admitted = self._admit()
             try:
                 with torch.inference_mode():
-                    if admitted:
-                        self._prefill(admitted)
+                    for request in admitted:  # alone: no padding, and its first token at once
+                        self._prefill([request])
                     if self.running:
                         self._decode_step()
             except Exception as exc:  # noqa: BLE001 - fail the requests in the batch, keep serving
@@ -397,7 +399,9 @@ class ContinuousEngine:
 
 
 class _Batch:
-    """The running rows' KV cache (left-padded DynamicCache), mask and next input tokens."""
+    """The running rows' KV cache (left-padded DynamicCache), mask and next input tokens.
+    (Writing each step into preallocated room instead of DynamicLayer's concatenation was
+    tried: no measurable gain at 16 rows x 200 tokens nor 8 x 1,500, so the stock layer stays.)"""
 
     def __init__(self) -> None:
         self.cache = None
@@ -407,7 +411,7 @@ class _Batch:
     def append(self, cache, mask, sequences) -> None:
         import torch
 
-        if self.cache is None or self.mask.shape[0] == 0:
+        if self.cache is None:
             self.cache, self.mask = cache, mask
             return
         width = max(self.mask.shape[1], mask.shape[1])
@@ -430,8 +434,9 @@ class _Batch:
         first = int(used[0]) if len(used) else 0
         self.mask = self.mask[:, first:]
         for layer in self.cache.layers:
-            layer.keys = layer.keys[index.to(layer.keys.device), :, first:]
-            layer.values = layer.values[index.to(layer.values.device), :, first:]
+            device_index = index.to(layer.keys.device)
+            layer.keys = layer.keys[device_index, :, first:]
+            layer.values = layer.values[device_index, :, first:]
 
 
 def _left_pad(tensor, width: int):
