@@ -195,3 +195,19 @@ def test_int8_is_cpu_only():
 
     with pytest.raises(UsageError, match="CPU only"):
         quantize_int8(torch.nn.Linear(2, 2), torch.device("cuda"))
+
+
+def test_a_batch_of_mixed_lengths_is_split_where_padding_costs_more_than_a_pass():
+    """A server's gathered batch (one long text among short ones) runs as two passes, not one
+    padded to the longest; equal lengths stay one batch of batch_size; results keep input order."""
+    from bertgpt_cli.inference.loading import BATCH_OVERHEAD_TOKENS, length_sorted, process_sorted
+
+    lengths = [10, 500, 12, 11, 10]
+    batches = list(length_sorted(range(5), lengths, 32, split_by_padding=True))
+    assert batches == [[1], [2, 3, 0, 4]]
+    padded_once = 5 * 500 + BATCH_OVERHEAD_TOKENS
+    split = 500 + 4 * 12 + 2 * BATCH_OVERHEAD_TOKENS
+    assert split < padded_once
+    equal = list(length_sorted(range(40), [7] * 40, 32, split_by_padding=True))
+    assert sorted(len(b) for b in equal) == [8, 32]  # the fewest passes batch_size allows
+    assert process_sorted(lengths, 32, lambda batch: [f"r{i}" for i in batch]) == [f"r{i}" for i in range(5)]

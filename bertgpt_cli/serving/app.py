@@ -138,7 +138,10 @@ class Server:
         request_timeout_s: float,
         quiet: bool,
     ) -> None:
-        self.models = {name: ServedModel(name, spec, settings) for name, spec in specs.items()}
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgcli-torch")
+        self.models = {name: ServedModel(name, spec, settings, torch_worker) for name, spec in specs.items()}
         self.settings = settings
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes

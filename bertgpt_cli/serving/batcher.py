@@ -1,7 +1,10 @@
 """`bgcli serve`'s engine, without HTTP: warm models and request batching.
 
-Each served model has one worker thread: its loads and batches run there one at a time
-(torch uses every core for one batch; two at once would only contend). Requests that arrive
+All torch work of the server (every model's loads, batches and generation steps) runs in
+one worker thread, one job at a time: torch uses every core for one batch, two at once would
+only contend, and a second thread doing torch work gets a second OpenMP team whose idle
+threads slowed the busy one by ~27% here (a bare matmul; SmolLM2 chat streams 67.7 -> 55.9
+tokens/s once a classifier had run in a thread of its own). Requests that arrive
 while a batch runs wait in a Batcher and go together into the next one: concurrent clients
 share forward passes, and each gets exactly the records a lone request would get, because the
 command's own processor (the same code as the CLI) handles the batch.
@@ -67,11 +70,11 @@ def parse_model_specs(values: list[str]) -> dict[str, str]:
 
 
 class ServedModel:
-    """One model name: its worker thread, and what each command loaded from it."""
+    """One model name: the (shared) torch worker thread, and what each command loaded from it."""
 
-    def __init__(self, name: str, spec: str, settings: ServeSettings) -> None:
+    def __init__(self, name: str, spec: str, settings: ServeSettings, worker: ThreadPoolExecutor) -> None:
         self.name, self.spec, self.settings = name, spec, settings
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bgcli-{name}")
+        self.worker = worker
         self.loaded: dict[str, Any] = {}
         self.lock = threading.Lock()
 

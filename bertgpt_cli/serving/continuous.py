@@ -110,10 +110,9 @@ def prepare(request: GenerationRequest) -> None:
 
 
 class ContinuousEngine:
-    """The scheduler: thread-safe `submit`; the batch runs as one job in the model's worker
-    thread (the thread its loads and task batches use) for as long as there is work. One
-    thread for all of a model's torch work matters on a CPU: a second thread gets a second
-    OpenMP team, and the idle one slowed the busy one by ~27% here (measured on a bare matmul)."""
+    """The scheduler: thread-safe `submit`; each iteration (admit, prefill, one decode step) is
+    a job in the server's torch worker thread, which queues the next one behind whatever else
+    waits there (another model's batch), so one long generation never holds the thread."""
 
     def __init__(self, model, tokenizer, limits: Limits, worker, metrics=None, name: str = "model") -> None:
         self.model, self.tokenizer, self.limits, self.worker = model, tokenizer, limits, worker
@@ -122,7 +121,7 @@ class ContinuousEngine:
         self.running: list[Sequence] = []
         self.reserved = 0
         self.lock = threading.Lock()
-        self.active = False  # a drain job is queued or running in the worker
+        self.active = False  # an iteration is queued or running in the worker
         self.batch = _Batch()
         # Sliding-window or other special caches cannot be re-padded: one request at a time.
         self.one_request_at_a_time = not supports_continuous_batching(model)
@@ -159,27 +158,27 @@ class ContinuousEngine:
             self._gauge()
             if not self.active:
                 self.active = True
-                self.worker.submit(self._drain)
+                self.worker.submit(self._iteration)
 
     # --- the worker thread --------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Steps until nothing waits or runs; a later submit queues the next drain."""
+    def _iteration(self) -> None:
+        """Admit, prefill, one decode step; then queue the next iteration while work remains."""
         import torch
 
-        while True:
-            with self.lock:
-                if not self.waiting and not self.running:
-                    self.active = False
-                    return
-                admitted = self._admit()
-            try:
-                with torch.inference_mode():
-                    for request in admitted:  # alone: no padding, and its first token at once
-                        self._prefill([request])
-                    if self.running:
-                        self._decode_step()
-            except Exception as exc:  # noqa: BLE001 - fail the requests in the batch, keep serving
-                self._fail_all(first_line(exc), admitted)
+        with self.lock:
+            if not self.waiting and not self.running:
+                self.active = False
+                return
+            admitted = self._admit()
+        try:
+            with torch.inference_mode():
+                for request in admitted:  # alone: no padding, and its first token at once
+                    self._prefill([request])
+                if self.running:
+                    self._decode_step()
+        except Exception as exc:  # noqa: BLE001 - fail the requests in the batch, keep serving
+            self._fail_all(first_line(exc), admitted)
+        self.worker.submit(self._iteration)
 
     def _admit(self) -> list[GenerationRequest]:
         """Waiting requests, first come first served, while sequences, KV budget and this
