@@ -82,6 +82,26 @@ def one_call_row(url: str, classifier: str) -> Result:
     )
 
 
+def in_subprocess(function: str, *args):
+    """Run `bench.serve.<function>(*args)` in a fresh process and return its JSON result: the
+    offline baselines then leave no torch threads (or models) in the process whose clients
+    measure the server (idle OpenMP threads of a finished run cost the next one here)."""
+    code = (
+        "import json, sys; import bench.serve as s; "
+        f"print(json.dumps(s.{function}(*json.loads(sys.argv[1]))))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def offline_classify(classifier: str, texts: list[str]) -> tuple[float, list[str]]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -146,7 +166,7 @@ def concurrent_rows(url: str, classifier: str) -> list[Result]:
     import resource
 
     texts = rt_sentences()
-    offline_rate, offline_labels = offline_classify(classifier, texts)
+    offline_rate, offline_labels = in_subprocess("offline_classify", classifier, texts)
     rows = []
     for name, clients in (("light load generator", light_clients), ("httpx clients", httpx_clients)):
         latencies: list[float] = []
@@ -248,7 +268,7 @@ def streams_rows(url: str) -> list[Result]:
     model_dir = str(BUILTIN_MODELS["smollm2"].model_dir())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = chat_prompts()
-    offline_wall, offline_texts = offline_generation(prompts)
+    offline_wall, offline_texts = in_subprocess("offline_generation", prompts)
 
     def count(texts: list[str]) -> int:
         """The unit for every contender: the answers' text, tokenized again."""
