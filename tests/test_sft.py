@@ -438,6 +438,23 @@ def test_an_adapter_only_chat_dir_generates_like_the_merged_run(cli, chat_llama_
         assert reply.code == 0, reply.stderr
         replies[name] = json.loads(reply.stdout)["completion"]
     assert replies["adapter"] == replies["merged"]
+    served = served_chat_reply(tmp_path / "adapter", "3 plus 4", 6, tmp_path)
+    assert served == replies["merged"]  # bgcli serve loads an adapter-only dir like any model
+
+
+def served_chat_reply(model: Path, prompt: str, max_tokens: int, tmp_path: Path) -> str:
+    import httpx
+
+    from .test_serve import CLEAN_EXITS, RunningServer
+
+    running = RunningServer(["-m", f"lm={model}", "--preload"], tmp_path)
+    try:
+        body = {"model": "lm", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        answer = httpx.post(running.url + "/v1/chat/completions", json={**body, "temperature": 0}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["choices"][0]["message"]["content"]
+    finally:
+        assert running.stop() in CLEAN_EXITS
 
 
 def test_a_killed_lora_run_resumes_to_the_same_final_metrics(chat_llama_dir, tmp_path):
