@@ -15,7 +15,16 @@ BENCHMARKS = ["startup", "inference", "training", "ner", "qa", "embed", "serve",
 # Run by name only: pretrain_curve takes over an hour; precision trains two recipes once (~21 min);
 # training_memory runs two recipes for 600 steps, with and without rounded batch lengths (~50 min).
 # sft: bgcli vs TRL + LoRA vs full memory (~12 min); sft_quality: a 30-minute recipe + 2 x 500 answers.
-LONG_BENCHMARKS = ["pretrain_curve", "precision", "training_memory", "sft", "sft_quality"]
+# embedding_speed: bgcli vs SentenceTransformerTrainer (~12 min); embedding_quality: a recipe (~25 min).
+LONG_BENCHMARKS = [
+    "pretrain_curve",
+    "precision",
+    "training_memory",
+    "sft",
+    "sft_quality",
+    "embedding_speed",
+    "embedding_quality",
+]
 
 
 def machine_text(details: dict) -> str:

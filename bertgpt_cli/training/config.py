@@ -14,6 +14,9 @@ from .recipes import RecipeConfig
 DATA, NER, QA = DATA_PANEL, NER_PANEL, QA_PANEL
 TRAIN, LM, RUN = "Training", "Language modeling (--task mlm|clm|sft)", "Run"
 SFT, LORA = "Chat / instruction data (--task sft)", "LoRA (--lora)"
+EMBEDDING = "Embedding pairs (--task embedding)"
+EMBEDDING_LOSSES = ("mnrl", "cosine")
+EMBEDDING_POOLINGS = ("auto", "mean", "cls", "max")
 SFT_FORMATS = ("auto", "messages", "sharegpt", "prompt-completion", "alpaca")
 
 
@@ -28,8 +31,9 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     task: str = option(
         "classification",
         "classification (labels), ner (a tag per word), qa (answer spans in a context), mlm "
-        "(BERT-style masked LM), clm (GPT-style next-token LM) or sft (chat / instruction "
-        "fine-tuning: the loss on the assistant's replies).",
+        "(BERT-style masked LM), clm (GPT-style next-token LM), sft (chat / instruction "
+        "fine-tuning: the loss on the assistant's replies) or embedding (a bi-encoder for search "
+        "from (anchor, positive) pairs).",
         choices=FINETUNE_TASKS,
         panel=RUN,
     )
@@ -77,7 +81,8 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
     max_length: int | None = option(
         None,
-        "Tokens per example (default 128; 384 for qa; 1024 for sft). Longer texts are truncated; ner "
+        "Tokens per example (default 128; 384 for qa; 1024 for sft; 256 for embedding: a passage). "
+        "Longer texts are truncated; ner "
         "sentences and qa contexts are split into windows instead; sft conversations are cut at a turn.",
         panel=TRAIN,
         ge=4,
@@ -176,6 +181,56 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     train_on_prompt: bool = option(
         False, "Train on every token, not only the assistant's replies.", panel=SFT
     )
+    anchor_column: str = option(
+        "anchor",
+        "Column with the query / anchor text (SQuAD-style data: question).",
+        panel=EMBEDDING,
+        metavar="COLUMN",
+    )
+    positive_column: str = option(
+        "positive",
+        "Column with the text that answers it (SQuAD-style: context).",
+        panel=EMBEDDING,
+        metavar="COLUMN",
+    )
+    negative_column: str | None = option(
+        None,
+        "Column with a hard negative (a near miss), added to the in-batch negatives (default: "
+        "negative, when the data has it).",
+        panel=EMBEDDING,
+        metavar="COLUMN",
+    )
+    score_column: str = option(
+        "score",
+        "Column with a pair's similarity in [0, 1] (--loss cosine).",
+        panel=EMBEDDING,
+        metavar="COLUMN",
+    )
+    loss: str = option(
+        "mnrl",
+        "mnrl: multiple-negatives ranking (in-batch negatives; pairs or triplets); cosine: "
+        "scored pairs (MSE between cosine and --score-column).",
+        choices=EMBEDDING_LOSSES,
+        panel=EMBEDDING,
+    )
+    scale: float = option(
+        20.0,
+        "mnrl: cosine similarities times this (1 / temperature) before the softmax.",
+        panel=EMBEDDING,
+        gt=0,
+    )
+    symmetric: bool = option(
+        False,
+        "mnrl: also rank the batch's anchors for each positive (the loss averaged both ways).",
+        panel=EMBEDDING,
+    )
+    pooling: str = option(
+        "auto",
+        "How token vectors become one (auto: the model's sentence-transformers pooling, else mean); "
+        "saved with the model for embed and search.",
+        choices=EMBEDDING_POOLINGS,
+        panel=EMBEDDING,
+    )
     lora: bool = option(
         False,
         "Train low-rank adapters instead of every weight (peft); a head the task creates is fully "
@@ -240,7 +295,7 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
 
     def __post_init__(self) -> None:
         if self.max_length is None:  # a question and a paragraph (or a conversation) need more
-            self.max_length = {"qa": 384, "sft": 1024}.get(self.task, 128)
+            self.max_length = {"qa": 384, "sft": 1024, "embedding": 256}.get(self.task, 128)
         if self.lr is None:  # adapters start at zero and need larger steps (peft, TRL examples)
             self.lr = 2e-4 if self.lora else 5e-5
         if self.packing is None:  # blocks of text for mlm/clm; padded batches for sft (see help)
@@ -264,6 +319,16 @@ TASK_ONLY_FLAGS = {
         "completion_column": None,
         "chat_template": None,
         "train_on_prompt": False,
+    },
+    "embedding": {
+        "anchor_column": "anchor",
+        "positive_column": "positive",
+        "negative_column": None,
+        "score_column": "score",
+        "loss": "mnrl",
+        "scale": 20.0,
+        "symmetric": False,
+        "pooling": "auto",
     },
 }
 LORA_FLAGS = {

@@ -461,6 +461,21 @@ def trainer_class(task):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
+    class EpochOrderSampler(torch.utils.data.Sampler):
+        """The task's order for each epoch (seeded by the epoch, so a resumed run replays it)."""
+
+        def __init__(self, order, size: int):
+            self.order, self.size, self.epoch = order, size, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return self.size
+
+        def __iter__(self):
+            return iter(self.order(self.epoch))
+
     class BgcliTrainer(Trainer):
         def get_train_dataloader(self):
             collate = self.data_collator
@@ -471,9 +486,15 @@ def trainer_class(task):
                 self.data_collator = collate
 
         def _get_train_sampler(self, train_dataset=None):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if task.orders_batches:  # the task fills the batches itself (embedding: no duplicates)
+                size = self.args.per_device_train_batch_size
+                return EpochOrderSampler(
+                    lambda epoch: task.batch_order(dataset, size, seed + epoch), len(dataset)
+                )
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
-                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 return EpochSeededLengthGroupedSampler(sampler, seed)
             return sampler
 
@@ -643,6 +664,7 @@ def save_run(config, task, trainer, tokenizer, run_dir: Path, metrics: dict[str,
     try:
         save_model_files(config, trainer, final)
         tokenizer.save_pretrained(str(final))
+        task.save_files(final)
         (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep theirs
         apply_umask(final)
         remove_stale_weights(run_dir, {item.name for item in final.iterdir()})

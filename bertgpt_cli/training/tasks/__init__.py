@@ -5,6 +5,7 @@ Each task implements `base.Task`; training.py drives any of them the same way.
 
 from .base import Task
 from .classification import ClassificationTask, LabelSet
+from .embedding import EmbeddingTask
 from .language_modeling import CausalLMTask, MaskedLMTask
 from .multi_label import MultiLabelClassificationTask
 from .ner import NerTask
@@ -20,6 +21,7 @@ TASKS: dict[str, type[Task]] = {
     "ner": NerTask,
     "qa": QaTask,
     "sft": SftTask,
+    "embedding": EmbeddingTask,
 }
 
 
@@ -34,6 +36,7 @@ __all__ = [
     "TASKS",
     "CausalLMTask",
     "ClassificationTask",
+    "EmbeddingTask",
     "LabelSet",
     "MaskedLMTask",
     "MaskedLMWithNspTask",

@@ -30,6 +30,9 @@ class Task:
     trains_new_head = False
     # Token ids the task added to the vocabulary (sft's chatml markers): trained with --lora too.
     new_token_ids: tuple[int, ...] = ()
+    # The task orders training records into batches itself (batch_order) instead of the
+    # Trainer's length-grouped sampler.
+    orders_batches = False
 
     @property
     def head(self) -> Head:
@@ -61,8 +64,15 @@ class Task:
         """Last step before the Trainer sees a split (e.g. packing into blocks)."""
         return dataset
 
+    def batch_order(self, dataset, batch_size: int, seed: int) -> list[int]:
+        """One epoch's order of training records, read in consecutive batches (orders_batches)."""
+        raise NotImplementedError
+
     def model(self, resolved):
         raise NotImplementedError
+
+    def save_files(self, folder) -> None:
+        """Files the task adds to the run dir beside the model and tokenizer."""
 
     def attach(self, model) -> None:
         """Set up what the task keeps about a model it did not load itself (`bgcli eval`)."""
