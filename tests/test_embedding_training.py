@@ -167,8 +167,10 @@ def test_hard_negatives_and_scored_pairs_train(cli, bare_encoder_dir, tmp_path):
     triplets = write_jsonl(tmp_path / "triplets.jsonl", pairs(24, negatives=True))
     common = ["finetune", "--task", "embedding", "-m", str(bare_encoder_dir), "--max-steps", "2"]
     common += ["--batch-size", "8", "--eval-split", "0.25", "--precision", "fp32"]
-    done = cli([*common, "--train-data", str(triplets), "-o", str(tmp_path / "t")])
+    plain = write_jsonl(tmp_path / "plain.jsonl", pairs(12))  # a test split without negatives
+    done = cli([*common, "--train-data", str(triplets), "--test-data", str(plain), "-o", str(tmp_path / "t")])
     assert done.code == 0, done.stderr
+    assert 0 <= json.loads((tmp_path / "t" / "metrics.json").read_text())["test"]["test_ndcg@10"] <= 1
     scored = [
         {"anchor": r["anchor"], "positive": r["positive"], "score": (i % 5) / 4}
         for i, r in enumerate(pairs(24))

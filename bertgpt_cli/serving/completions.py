@@ -124,7 +124,10 @@ def _deliverer(loop, events: asyncio.Queue, position: int):
     """Engine-thread events, handed to the request's event loop."""
 
     def deliver(kind: str, payload) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (position, kind, payload))
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, (position, kind, payload))
+        except RuntimeError:  # the loop closed (shutdown): nobody is waiting any more
+            pass
 
     return deliver
 

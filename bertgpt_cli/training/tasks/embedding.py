@@ -22,11 +22,8 @@ from ..retrieval import SELECTION_METRIC, retrieval_metrics
 from .base import Task
 
 GROUPS = ("anchor", "positive", "negative")
-ST_VERSION_NOTE = {
-    "__version__": {"sentence_transformers": "3.0.0"},
-    "prompts": {},
-    "default_prompt_name": None,
-}
+# What sentence-transformers reads from config_sentence_transformers.json (no version: bgcli wrote it).
+ST_CONFIG = {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}
 
 
 def text_key(text: str) -> int:
@@ -63,21 +60,27 @@ class EmbeddingTask(Task):
         wanted = {self.columns["anchor"]: "--anchor-column", self.columns["positive"]: "--positive-column"}
         if self.config.loss == "cosine":
             wanted[self.config.score_column] = "--score-column"
-        elif self.has_negatives:
-            wanted[self.columns["negative"]] = "--negative-column"
         prepared = {}
         for split, dataset in {"train": train, **others}.items():
             if dataset is None:
                 prepared[split] = None
                 continue
-            require_columns(dataset, wanted, f"the {split} data")
-            prepared[split] = self._tokenized(self._usable(dataset, split), split)
+            # Hard negatives train; an eval or test split without them is scored all the same.
+            groups = ["anchor", "positive"]
+            if self._uses_negatives and (
+                split == "train" or self.columns["negative"] in dataset.column_names
+            ):
+                groups.append("negative")
+            needed = wanted | (
+                {self.columns["negative"]: "--negative-column"} if "negative" in groups else {}
+            )
+            require_columns(dataset, needed, f"the {split} data")
+            prepared[split] = self._tokenized(self._usable(dataset, split, groups), split, groups)
         return prepared.pop("train"), prepared
 
-    def _usable(self, dataset, split: str):
+    def _usable(self, dataset, split: str, groups: list[str]):
         """Records without an anchor or a positive (or a score, for --loss cosine) are reported
         by number and skipped; more than half of them refuses the data."""
-        groups = ["anchor", "positive"] + (["negative"] if self._uses_negatives else [])
         columns = [dataset[self.columns[g]] for g in groups]
         scores = dataset[self.config.score_column] if self.config.loss == "cosine" else None
         bad = []
@@ -107,8 +110,7 @@ class EmbeddingTask(Task):
     def _uses_negatives(self) -> bool:
         return self.has_negatives and self.config.loss != "cosine"
 
-    def _tokenized(self, dataset, split: str):
-        groups = ["anchor", "positive"] + (["negative"] if self._uses_negatives else [])
+    def _tokenized(self, dataset, split: str, groups: list[str]):
         limit = self.config.max_length
 
         def encode(batch):
@@ -148,7 +150,8 @@ class EmbeddingTask(Task):
         then repeat a passage; the loss masks such duplicates (see mnrl)."""
         import heapq
 
-        keys = [set(row) for row in zip(*(dataset[f"{g}_key"] for g in self._key_groups), strict=True)]
+        groups = self._groups_in(dataset.column_names)
+        keys = [set(row) for row in zip(*(dataset[f"{g}_key"] for g in groups), strict=True)]
         rng = random.Random(seed)
         by_passage: dict[int, list[int]] = {}
         for index, passage in enumerate(dataset["positive_key"]):
@@ -177,9 +180,10 @@ class EmbeddingTask(Task):
             placed.extend(batch)
         return placed
 
-    @property
-    def _key_groups(self) -> list[str]:
-        return ["anchor", "positive"] + (["negative"] if self._uses_negatives else [])
+    @staticmethod
+    def _groups_in(columns) -> list[str]:
+        """The groups (anchor, positive, negative) a tokenized split or batch holds."""
+        return [g for g in GROUPS if f"{g}_key" in columns]
 
     # --- model --------------------------------------------------------------------------------
     def model(self, resolved):
@@ -218,13 +222,12 @@ class EmbeddingTask(Task):
 
     def collator(self):
         tokenizer = self.tokenizer
-        groups = self._key_groups
 
         def collate(features):
             import torch
 
             batch = {}
-            for group in groups:
+            for group in self._groups_in(features[0]):
                 padded = tokenizer.pad(
                     [
                         {
@@ -254,12 +257,8 @@ class EmbeddingTask(Task):
 
     # --- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, num_items_in_batch):
-        vectors = self.embed_groups(model, inputs, self._forward_groups)
+        vectors = self.embed_groups(model, inputs, self._groups_in(inputs))
         return self._loss(vectors, inputs)
-
-    @property
-    def _forward_groups(self) -> list[str]:
-        return ["anchor", "positive"] + (["negative"] if self._uses_negatives else [])
 
     def embed_groups(self, model, inputs, groups: list[str]) -> dict:
         """Each group's vectors. One forward per group (a question is not padded to a passage's
@@ -287,7 +286,7 @@ class EmbeddingTask(Task):
     def _loss(self, vectors: dict, inputs):
         if self.config.loss == "cosine":
             return cosine_loss(vectors["anchor"], vectors["positive"], inputs["score"])
-        keys = {group: inputs[f"{group}_key"] for group in self._key_groups}
+        keys = {group: inputs[f"{group}_key"] for group in self._groups_in(inputs)}
         return mnrl(
             vectors["anchor"],
             vectors["positive"],
@@ -301,7 +300,7 @@ class EmbeddingTask(Task):
         """The eval loss, and each row's (anchor, positive) vectors with its positive's id."""
         import torch
 
-        vectors = self.embed_groups(model, inputs, self._forward_groups)
+        vectors = self.embed_groups(model, inputs, self._groups_in(inputs))
         pairs = torch.stack([vectors["anchor"], vectors["positive"]], dim=1).float()
         return self._loss(vectors, inputs), pairs, inputs["positive_key"]
 
@@ -347,7 +346,7 @@ class EmbeddingTask(Task):
             "modules.json": modules,
             "1_Pooling/config.json": pooling,
             "sentence_bert_config.json": {"max_seq_length": self.config.max_length, "do_lower_case": False},
-            "config_sentence_transformers.json": ST_VERSION_NOTE | {"similarity_fn_name": "cosine"},
+            "config_sentence_transformers.json": ST_CONFIG,
         }
         for name, content in files.items():
             (folder / name).write_text(json.dumps(content, indent=2) + "\n")
