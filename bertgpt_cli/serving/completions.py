@@ -81,10 +81,10 @@ async def generation_endpoint(server, request: Request, chat: bool):
     engine = await server.generation_engine(served, loaded)
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
+    generator = generate.Generator(*loaded, config)  # the request's settings, shared by its prompts
+    generator.templated = chat
     jobs = []
     for position, prompt in enumerate(prompts):
-        generator = generate.Generator(*loaded, config)
-        generator.templated = chat
         if not prompt.strip() and not chat:
             raise ApiError(400, f"prompt {position + 1} is empty")
         job = GenerationRequest(
