@@ -265,3 +265,12 @@ def test_lora_and_two_processes(cli, bare_encoder_dir, tmp_path):
     )
     assert two.returncode == 0, two.stderr
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["run"]["world_size"] == 2
+
+
+def test_an_eval_split_of_one_passage_is_refused_in_one_line(cli, bare_encoder_dir, tmp_path):
+    rows = [{"anchor": f"question {i}", "positive": "the only passage"} for i in range(20)]
+    data = write_jsonl(tmp_path / "one.jsonl", rows)
+    args = ["finetune", "--task", "embedding", "-m", str(bare_encoder_dir), "--train-data", str(data)]
+    result = cli([*args, "--max-steps", "1", "-o", str(tmp_path / "run")])
+    assert result.code == 2 and "one distinct positive" in result.stderr
+    assert "Traceback" not in result.stderr
