@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import sys
 import time
 from typing import Any
@@ -321,6 +320,7 @@ class GuardAndLog:
 
     def __init__(self, app, server: Server) -> None:
         self.app, self.server = app, server
+        self.endpoints: set[str] | None = None  # the app's route paths, read on the first request
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -341,7 +341,7 @@ class GuardAndLog:
             await self.app(scope, receive, send_and_note)
         state = scope.get("state") or {}
         seconds = time.perf_counter() - started
-        self._count(scope["path"], state.get("model") or "", status["code"], seconds)
+        self._count(scope, state.get("model") or "", status["code"], seconds)
         if not self.server.quiet:
             latency = seconds * 1000
             print(
@@ -351,24 +351,16 @@ class GuardAndLog:
                 flush=True,
             )
 
-    def _count(self, path: str, model: str, status: int, seconds: float) -> None:
-        # Only the server's own paths as labels: a scanner's random URLs must not grow the series.
+    def _count(self, scope, model: str, status: int, seconds: float) -> None:
+        path = scope["path"]
+        # Only the app's own routes as labels: a scanner's random URLs must not grow the series.
+        if self.endpoints is None:
+            self.endpoints = {route.path for route in scope["app"].routes}
         endpoint = path if path in self.endpoints else "other"
         metrics = self.server.metrics
         metrics.requests.labels(endpoint, model, str(status)).inc()
         if path != "/metrics":
             metrics.latency.labels(endpoint, model).observe(seconds)
-
-    @functools.cached_property
-    def endpoints(self) -> set[str]:
-        return {
-            "/health",
-            "/metrics",
-            "/v1/models",
-            "/v1/embeddings",
-            "/v1/completions",
-            "/v1/chat/completions",
-        } | {f"/v1/{command}" for command in TASK_COMMANDS}
 
 
 def _refusal(server: Server, request: Request) -> JSONResponse | None:

@@ -173,7 +173,7 @@ class ContinuousEngine:
         try:
             with torch.inference_mode():
                 for request in admitted:  # alone: no padding, and its first token at once
-                    self._prefill([request])
+                    self._prefill(request)
                 if self.running:
                     self._decode_step()
         except Exception as exc:  # noqa: BLE001 - fail the requests in the batch, keep serving
@@ -207,21 +207,15 @@ class ContinuousEngine:
         self._gauge()
         return admitted
 
-    def _prefill(self, requests: list[GenerationRequest]) -> None:
-        """The new prompts, left-padded together (rows repeated n times, as `generate` expands
-        them), then appended to the running batch."""
+    def _prefill(self, request: GenerationRequest) -> None:
+        """One prompt alone (its n rows are the same prompt, as `generate` expands them: no
+        padding), then its rows appended to the running batch."""
         import torch
         from transformers import DynamicCache
 
-        prompts = [r.prompt_ids for r in requests for _ in range(r.n)]
-        width = max(len(ids) for ids in prompts)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        input_ids = torch.tensor([request.prompt_ids] * request.n, dtype=torch.long)
+        mask = torch.ones_like(input_ids)
+        positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
         cache = DynamicCache(config=self.model.config)
         device = self.model.device
         output = self.model(
@@ -232,11 +226,10 @@ class ContinuousEngine:
             logits_to_keep=1,
             **{self.cache_argument: cache},
         )
-        sequences = [s for r in requests for s in r.sequences]
-        self._observe("prefill", len(sequences))
-        self.batch.append(cache, mask, sequences)
-        self.running.extend(sequences)
-        self._take_tokens(output.logits[:, -1, :], sequences)
+        self._observe("prefill", request.n)
+        self.batch.append(cache, mask, request.sequences)
+        self.running.extend(request.sequences)
+        self._take_tokens(output.logits[:, -1, :], request.sequences)
 
     def _decode_step(self) -> None:
         import torch
