@@ -5,8 +5,7 @@
   (minilm), data (SQuAD train question -> paragraph pairs), batch, steps, learning rate, max
   length and precision (bf16 autocast where the CPU has bf16 units, else fp32); training
   pairs/s, and both models' nDCG@10 on the SQuAD dev retrieval task below.
-- quality (by name, ~25 min): the squad-minilm-embedding recipe vs minilm as it is: the 10,570
-  SQuAD dev questions against the 2,067 dev paragraphs, recall@1/10, MRR@10, nDCG@10.
+- quality: see embedding_quality.
 
     python -m bench embedding_speed
     python -m bench embedding_quality
@@ -44,19 +43,11 @@ def train_file() -> Path:
 
 
 def dev_scores(model: str) -> dict:
-    """SQuAD dev: every question against the 2,067 distinct paragraphs, embedded once each, with
-    the model's own pooling (bgcli embed's)."""
-    from bertgpt_cli.inference.embed import EmbedConfig, load_embedder
-    from bertgpt_cli.io.data import load_data
-    from bertgpt_cli.training.retrieval import retrieval_metrics
+    """SQuAD dev as `bgcli eval --task retrieval` scores it: every distinct question against
+    the 2,067 distinct paragraphs, each embedded once, the model's own pooling."""
+    from bertgpt_cli.api import evaluate
 
-    dev = load_data("squad-retrieval@validation")
-    paragraphs = sorted(set(dev["positive"]))
-    row = {text: i for i, text in enumerate(paragraphs)}
-    embedder = load_embedder(EmbedConfig(model=model, quiet=True, offline=True, max_length=MAX_LENGTH))
-    corpus = embedder.encode(paragraphs)
-    queries = embedder.encode(list(dev["anchor"]))
-    return retrieval_metrics(queries, corpus, [{row[p]} for p in dev["positive"]])
+    return evaluate(model, data="squad-retrieval@validation", task="retrieval", quiet=True, offline=True)
 
 
 def bgcli(args: list[str]) -> None:

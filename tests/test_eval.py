@@ -190,9 +190,11 @@ def test_usage_errors(cli, args, message):
     assert result.code == 2 and message in result.stderr
 
 
-def test_a_bare_encoder_has_no_task_to_evaluate(cli, bare_encoder_dir, data):
+def test_a_bare_encoder_is_scored_as_a_retriever(cli, bare_encoder_dir, data):
+    """No task head: retrieval, whose columns the labelled data lacks (one line naming the flag)."""
     result = cli(["eval", "-m", str(bare_encoder_dir), "--data", str(data["test"])])
-    assert result.code == 2 and "pass --task" in result.stderr
+    assert "scored as --task retrieval" in result.stderr
+    assert result.code == 2 and "--anchor-column" in result.stderr
 
 
 def test_multi_label_is_scored_against_the_pipelines_label_sets(cli, tiny_multilabel_dir, tmp_path):

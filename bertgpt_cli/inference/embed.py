@@ -255,6 +255,16 @@ def load_embedder(config, resolved=None) -> Embedder:
     return Embedder(model, tokenizer, setup, config.max_length, config.batch_size)
 
 
+def embedder_for(
+    model: str, *, offline: bool, device: str = "auto", batch_size: int = 64, **flags
+) -> Embedder:
+    """An embedder for `model` with its own pooling, for code that is not the embed command
+    (eval's retrieval scores, mining negatives); `flags` are other EmbedConfig fields."""
+    return load_embedder(
+        EmbedConfig(model=model, offline=offline, device=device, batch_size=batch_size, **flags)
+    )
+
+
 def model_identity(resolved) -> dict[str, Any]:
     """What an index records about its model, to refuse a search with another one: the alias,
     the model dir's absolute path, or the Hub id and revision."""

@@ -20,6 +20,7 @@ from ..io.records import RecordsFailed, RecordStream, read_input_records, stream
 from ..options import InputOptions, ModelOptions, OutputOptions, option
 from .embed import EmbeddingOptions
 from .loading import InferenceOptions
+from .rerank import RerankOptions, check_rerank_flags
 
 PANEL = "Search"
 INDEX_FILE = "index.json"
@@ -176,7 +177,9 @@ def manifest_for(identity: dict, setup: Any, limit: int, dimension: int, corpus:
 
 
 @dataclass
-class SearchConfig(InputOptions, ModelOptions, OutputOptions, InferenceOptions, EmbeddingOptions):
+class SearchConfig(
+    InputOptions, ModelOptions, OutputOptions, InferenceOptions, EmbeddingOptions, RerankOptions
+):
     model: str | None = option(
         None,
         "Embedding model: a local dir, Hub id or alias. Default: the --index's model, else minilm.",
@@ -208,6 +211,7 @@ def validate(config: SearchConfig) -> None:
     """What can be checked before any model loads: the pooling, the index, the corpus."""
     if config.pooling == "tokens":
         raise UsageError("search compares one vector per text: choose a sentence --pooling, not tokens")
+    check_rerank_flags(config.rerank, config.rerank_top, config.top_k)
     corpus_path(config.corpus, read_manifest(Path(config.index)) if config.index else None)
 
 
@@ -331,16 +335,42 @@ def build_index(index_dir: Path | None, corpus: Path, embedder, identity: dict, 
 
 def run_queries(index_dir: Path, queries, embedder, config: SearchConfig, writer) -> None:
     index = SearchIndex(index_dir, read_manifest(index_dir))
+    reranker = None
+    if config.rerank:
+        from .rerank import load_reranker
+
+        reranker = load_reranker(config.rerank, config, config.offline, config.trust_remote_code)
+        info(f"re-ranking the top {config.rerank_top} hits with {config.rerank}")
 
     def search(batch) -> list:
         texts = [record.text for record in batch]
-        results = index.search(embedder.encode(texts), config.top_k)
+        depth = max(config.top_k, config.rerank_top) if reranker else config.top_k
+        results = index.search(embedder.encode(texts), depth)
+        if reranker is not None:
+            return [
+                reranked_records(text, hits, index, reranker, config.top_k)
+                for text, hits in zip(texts, results, strict=True)
+            ]
         return [
             [hit_record(text, rank, hit, index) for rank, hit in enumerate(hits, start=1)]
             for text, hits in zip(texts, results, strict=True)
         ]
 
     stream_to_writer(queries, search, writer, window=config.batch_size)
+
+
+def reranked_records(query: str, hits: list[Hit], index, reranker, top_k: int) -> list[dict]:
+    """The hits in the cross-encoder's order, each with both scores and its first-stage rank."""
+    from .rerank import rerank_hits
+
+    records = [hit_record(query, rank, hit, index) for rank, hit in enumerate(hits, start=1)]
+    passages = [str(record["text"]) for record in records]  # every index row keeps its text
+    chosen = []
+    for rank, (position, score) in enumerate(rerank_hits(reranker, query, passages)[:top_k], start=1):
+        record = records[position]
+        first_stage = {"retrieval_rank": record.pop("rank"), "score": record.pop("score")}
+        chosen.append({"query": query, "rank": rank, "rerank_score": score, **first_stage, **record})
+    return chosen
 
 
 def hit_record(query: str, rank: int, hit, index) -> dict:

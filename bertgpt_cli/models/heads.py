@@ -94,8 +94,13 @@ BY_TASK = {head.task: head for head in HEADS}
 BY_COMMAND = {head.command: head for head in HEADS}
 # sft trains the causal-LM head too, on conversations (the loss on the assistant's replies);
 # embedding trains the bare encoder's vectors (pooled) for search.
-FINETUNE_TASKS = (*(head.task for head in HEADS if head.finetune), "sft", "embedding")
-HEAD_OF_TASK = {"sft": "clm", "embedding": "feature-extraction"}  # tasks that train another task's head
+# rerank trains a one-logit sequence-pair classifier (a cross-encoder).
+FINETUNE_TASKS = (*(head.task for head in HEADS if head.finetune), "sft", "embedding", "rerank")
+HEAD_OF_TASK = {
+    "sft": "clm",
+    "embedding": "feature-extraction",
+    "rerank": "classification",
+}  # tasks that train another task's head
 EXPORT_TASKS = tuple(head.task for head in HEADS if head.onnx_outputs)
 # The commands `bgcli serve` answers on a task endpoint (embeddings have their OpenAI one).
 TASK_COMMANDS = tuple(head.command for head in HEADS if head.command != "embed")

@@ -14,7 +14,8 @@ from .recipes import RecipeConfig
 DATA, NER, QA = DATA_PANEL, NER_PANEL, QA_PANEL
 TRAIN, LM, RUN = "Training", "Language modeling (--task mlm|clm|sft)", "Run"
 SFT, LORA = "Chat / instruction data (--task sft)", "LoRA (--lora)"
-EMBEDDING = "Embedding pairs (--task embedding)"
+EMBEDDING = "Embedding pairs (--task embedding; the columns for --task rerank too)"
+RERANK = "Cross-encoder (--task rerank)"
 EMBEDDING_LOSSES = ("mnrl", "cosine")
 EMBEDDING_POOLINGS = ("auto", "mean", "cls", "max")
 SFT_FORMATS = ("auto", "messages", "sharegpt", "prompt-completion", "alpaca")
@@ -32,8 +33,8 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
         "classification",
         "classification (labels), ner (a tag per word), qa (answer spans in a context), mlm "
         "(BERT-style masked LM), clm (GPT-style next-token LM), sft (chat / instruction "
-        "fine-tuning: the loss on the assistant's replies) or embedding (a bi-encoder for search "
-        "from (anchor, positive) pairs).",
+        "fine-tuning: the loss on the assistant's replies), embedding (a bi-encoder for search "
+        "from (anchor, positive) pairs) or rerank (a cross-encoder scoring (query, passage) pairs).",
         choices=FINETUNE_TASKS,
         panel=RUN,
     )
@@ -81,7 +82,8 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     grad_accum: int = option(1, "Gradient accumulation steps.", panel=TRAIN, ge=1)
     max_length: int | None = option(
         None,
-        "Tokens per example (default 128; 384 for qa; 1024 for sft; 256 for embedding: a passage). "
+        "Tokens per example (default 128; 384 for qa; 1024 for sft; 256 for embedding: a passage; "
+        "320 for rerank: a query and its passage). "
         "Longer texts are truncated; ner "
         "sentences and qa contexts are split into windows instead; sft conversations are cut at a turn.",
         panel=TRAIN,
@@ -231,6 +233,20 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
         choices=EMBEDDING_POOLINGS,
         panel=EMBEDDING,
     )
+    rerank_negatives: int = option(
+        4,
+        "Negatives per anchor, each a (anchor, passage) pair labelled 0 next to the positive's 1: the "
+        "record's hard negative if it has one, the rest drawn from the other records' positives.",
+        panel=RERANK,
+        ge=1,
+    )
+    mine_negatives: str | None = option(
+        None,
+        "Draw the negatives from this embedding model's best wrong hits among the data's passages "
+        "(hard negatives, as the cross-encoder will meet after search) instead of at random.",
+        panel=RERANK,
+        metavar="MODEL",
+    )
     lora: bool = option(
         False,
         "Train low-rank adapters instead of every weight (peft); a head the task creates is fully "
@@ -295,7 +311,7 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
 
     def __post_init__(self) -> None:
         if self.max_length is None:  # a question and a paragraph (or a conversation) need more
-            self.max_length = {"qa": 384, "sft": 1024, "embedding": 256}.get(self.task, 128)
+            self.max_length = {"qa": 384, "sft": 1024, "embedding": 256, "rerank": 320}.get(self.task, 128)
         if self.lr is None:  # adapters start at zero and need larger steps (peft, TRL examples)
             self.lr = 2e-4 if self.lora else 5e-5
         if self.packing is None:  # blocks of text for mlm/clm; padded batches for sft (see help)
@@ -320,16 +336,19 @@ TASK_ONLY_FLAGS = {
         "chat_template": None,
         "train_on_prompt": False,
     },
-    "embedding": {
+    ("embedding", "rerank"): {
         "anchor_column": "anchor",
         "positive_column": "positive",
         "negative_column": None,
+    },
+    "embedding": {
         "score_column": "score",
         "loss": "mnrl",
         "scale": 20.0,
         "symmetric": False,
         "pooling": "auto",
     },
+    "rerank": {"rerank_negatives": 4, "mine_negatives": None},
 }
 LORA_FLAGS = {
     "lora_r": 16,
@@ -356,11 +375,13 @@ def validate(config: FinetuneConfig) -> None:
         raise UsageError("--early-stopping watches eval data: pass --eval-data or --eval-split 0.1")
     if config.multi_label and config.task != "classification":
         raise UsageError(f"--multi-label applies to classification, not --task {config.task}")
-    for task, flags in TASK_ONLY_FLAGS.items():
+    for tasks, flags in TASK_ONLY_FLAGS.items():
+        tasks = (tasks,) if isinstance(tasks, str) else tasks
         for name, default in flags.items():
-            if getattr(config, name) != default and config.task != task:
+            if getattr(config, name) != default and config.task not in tasks:
+                wanted = " or ".join(tasks)
                 raise UsageError(
-                    f"--{name.replace('_', '-')} applies to --task {task}, not --task {config.task}"
+                    f"--{name.replace('_', '-')} applies to --task {wanted}, not --task {config.task}"
                 )
     if config.class_weights == "auto" and config.task != "classification":
         raise UsageError(f"--class-weights auto applies to classification, not --task {config.task}")

@@ -219,7 +219,7 @@ def load_splits(config, task):
         check_eval_split(config.eval_split, len(train), task.documents_per_paragraph)
         # Split records before any packing, so no text lands in both parts.
         train, eval_set = task.split(train, config.eval_split, config.seed)
-    if config.max_train_samples:
+    if config.max_train_samples and not task.limits_records:
         train = train.shuffle(seed=config.seed).select(range(min(config.max_train_samples, len(train))))
     if eval_set is not None and config.max_eval_samples:
         eval_set = eval_set.select(range(min(config.max_eval_samples, len(eval_set))))

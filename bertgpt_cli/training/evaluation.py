@@ -1,6 +1,8 @@
 """Evaluation (`bgcli eval`, `api.evaluate`): a saved model on labelled data, scored by the same task code and
-metrics as `finetune`'s test step, plus the sliding-window perplexity of causal LMs and a
-paired test (McNemar) for two classifiers on the same rows."""
+metrics as `finetune`'s test step, plus the sliding-window perplexity of causal LMs, retrieval
+scores of embedding models (queries against a corpus, optionally re-ranked by a cross-encoder)
+and paired tests for two models on the same rows (McNemar for classifiers, a paired t-test on
+per-query nDCG@10 for retrieval)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..inference.rerank import RerankOptions
 from ..io.console import info
 from ..io.run_dirs import read_run_config
 from ..models.heads import FINETUNE_TASKS, detect_task, head_for, require_head
 from ..options import DataColumns, OutputOptions, argument, option, same_option
 from .config import FinetuneConfig
+from .retrieval import SELECTION_METRIC
 
 PANEL = "Evaluate"
 
@@ -24,7 +28,7 @@ def _borrow(name: str):
 
 
 @dataclass
-class EvalConfig(DataColumns, OutputOptions):
+class EvalConfig(DataColumns, OutputOptions, RerankOptions):
     models: list[str] = argument("Models to evaluate (or -m); two with --compare.", metavar="MODEL")
     model: str | None = option(
         None, "The model: a run dir, Hub id or alias.", short="-m", metavar="MODEL", panel=PANEL
@@ -38,8 +42,9 @@ class EvalConfig(DataColumns, OutputOptions):
     task: str = option(
         "auto",
         "What to score. auto: the run dir's task, else the model's head (classifier, token "
-        "classifier, QA, masked LM, causal LM).",
-        choices=("auto", *FINETUNE_TASKS),
+        "classifier, QA, masked LM, causal LM; a bare encoder: retrieval). retrieval (= embedding): "
+        "each anchor against all positives (+ --corpus), recall@k, MRR, nDCG, MAP.",
+        choices=("auto", *FINETUNE_TASKS, "retrieval"),
         panel=PANEL,
     )
     compare: bool = option(
@@ -81,6 +86,15 @@ class EvalConfig(DataColumns, OutputOptions):
         panel=PANEL,
     )
     max_new_tokens: int = option(32, "sft --generate: longest reply, in tokens.", panel=PANEL, ge=1)
+    anchor_column: str = _borrow("anchor_column")
+    positive_column: str = _borrow("positive_column")
+    corpus: str | None = option(
+        None,
+        "retrieval: extra passages to search besides the data's positives (distractors): one per "
+        "line, or JSONL with a `text` field.",
+        panel=PANEL,
+        metavar="FILE",
+    )
     explicit: set[str] = field(default_factory=set)  # the flags the user typed (win over the run's)
 
     @classmethod
@@ -100,6 +114,7 @@ def run(config: EvalConfig) -> dict:
     if not config.compare and len(models) != 1:
         raise UsageError("pass one model (-m MODEL), or two with --compare")
     output = check_report_dir(config.output) if config.output else None
+    check_retrieval_flags(config)
     results = [evaluate(config, model) for model in models]
     if config.compare:
         if results[0].task != results[1].task:
@@ -110,6 +125,8 @@ def run(config: EvalConfig) -> dict:
         paired = None
         if results[0].correct is not None and results[1].correct is not None:
             paired = mcnemar(results[0].correct, results[1].correct)
+        elif results[0].per_query is not None and results[1].per_query is not None:
+            paired = paired_t_test(results[0].per_query, results[1].per_query, SELECTION_METRIC)
         summary = comparison_record(results, paired, config.data)
     else:
         summary = summary_record(results[0], config.data)
@@ -172,6 +189,7 @@ class Evaluation:
     metrics: dict[str, Any]
     report: dict[str, Any] | None = None
     correct: list[bool] | None = None  # classification: per row, for paired tests
+    per_query: dict[str, list[float]] | None = None  # retrieval: each metric per query
     labels: list[str] = field(default_factory=list)
     protocol: str | None = None
     task_object: Any = None  # the task, for its report sections (worst misses, per-type tables)
@@ -187,7 +205,9 @@ def evaluate(config, model_spec: str) -> Evaluation:
     resolved = resolve_model(model_spec, offline=config.offline)
     model_config = load_config(resolved)
     run_config = read_run_config(resolved.run_location) if resolved.source != "hub" else {}
-    task_name = config.task if config.task != "auto" else detect_task(model_config, run_config)
+    task_name = config.task if config.task != "auto" else task_of(model_config, run_config)
+    if task_name in RETRIEVAL_TASKS:
+        return retrieval_evaluation(config, model_spec, run_config)
     if config.generate and task_name != "sft":
         raise UsageError(
             f"--generate scores chat replies (--task sft); '{model_spec}' is scored as {task_name}"
@@ -214,6 +234,19 @@ def evaluate(config, model_spec: str) -> Evaluation:
     if config.generate:
         evaluation.metrics.update(generation_scores(config, finetune_config, model, tokenizer))
     return evaluation
+
+
+def task_of(model_config, run_config: dict) -> str:
+    """detect_task, with a bare encoder (no task head: a sentence-transformers model such as
+    minilm) scored as a retriever."""
+    from ..models.heads import head_of_architectures
+
+    architectures = getattr(model_config, "architectures", None) or []
+    bare = architectures and head_of_architectures(architectures) is None
+    if not run_config.get("task") and bare and all(a.endswith("Model") for a in architectures):
+        info("a bare encoder (no task head): scored as --task retrieval (anchor -> positive pairs)")
+        return "retrieval"
+    return detect_task(model_config, run_config)
 
 
 def generation_scores(config, finetune_config, model, tokenizer) -> dict[str, Any]:
@@ -318,6 +351,126 @@ def trainer_evaluation(config, finetune_config, model, tokenizer, model_spec: st
 
 def _is_speed(key: str) -> bool:
     return key.endswith(("_runtime", "_samples_per_second", "_steps_per_second", "_preparation_time"))
+
+
+# Retrieval: queries against a corpus ----------------------------------------------------------
+
+RETRIEVAL_TASKS = ("retrieval", "embedding")
+
+
+def check_retrieval_flags(config: EvalConfig) -> None:
+    """What can be refused before a model loads."""
+    retrieval_only = [flag for flag in ("corpus", "rerank") if getattr(config, flag)]
+    if config.task not in ("auto", *RETRIEVAL_TASKS) and retrieval_only:
+        raise UsageError(f"--{retrieval_only[0]} applies to --task retrieval, not {config.task}")
+    if config.corpus and not Path(config.corpus).is_file():
+        raise UsageError(f"--corpus file '{config.corpus}' not found; pass a text or JSONL file")
+
+
+def retrieval_evaluation(config, model_spec: str, run_config: dict) -> Evaluation:
+    """Each distinct anchor against every distinct positive of the data (+ the --corpus
+    distractors), each text embedded once; the top hits re-scored by --rerank if given."""
+    from ..inference.embed import embedder_for
+    from ..io.data import load_data
+    from .retrieval import RANK_AT, RECALL_AT, per_query_scores, retrieval_set, top_hits
+
+    data = load_data(config.data, config.data_format)
+    columns = [
+        getattr(config, key) if key in config.explicit else run_config.get(key) or getattr(config, key)
+        for key in ("anchor_column", "positive_column")
+    ]
+    queries, corpus, relevant, skipped = retrieval_set(data, *columns, config.max_samples, config.data)
+    distractors = read_corpus(config.corpus) if config.corpus else []
+    corpus, added = add_distractors(corpus, distractors)
+    info(
+        f"evaluating {model_spec} (retrieval) on {len(queries)} queries against {len(corpus)} passages"
+        + (f" ({added} from {config.corpus})" if config.corpus else "")
+    )
+    speed = speed_flags(config)
+    max_length = config.max_length if "max_length" in config.explicit else None
+    embedder = embedder_for(model_spec, offline=config.offline, max_length=max_length, **speed)
+    depth = max(*RECALL_AT, RANK_AT, config.rerank_top if config.rerank else 0)
+    hits = top_hits(embedder.encode(queries), embedder.encode(corpus), depth)
+    protocol = (
+        f"each of the {len(queries)} distinct anchors of {config.data} against all {len(corpus)} distinct "
+        f"passages (positives{' + --corpus' if config.corpus else ''}), cosine of "
+        f"{embedder.setup.pooling}-pooled embeddings"
+    )
+    if config.rerank:
+        hits = reranked(config, hits, queries, corpus)
+        protocol += f"; the top {config.rerank_top} re-ranked by the cross-encoder {config.rerank}"
+    per_query = per_query_scores(hits, relevant)
+    metrics: dict[str, Any] = {name: round(sum(v) / len(v), 6) for name, v in per_query.items()}
+    metrics |= {"queries": len(queries), "corpus": len(corpus)}
+    if skipped:
+        metrics["skipped_records"] = skipped
+    return Evaluation(model_spec, "retrieval", len(queries), metrics, per_query=per_query, protocol=protocol)
+
+
+def speed_flags(config) -> dict[str, Any]:
+    """eval's --batch-size / --device / --precision as the inference commands take them."""
+    precision = "fp32" if config.precision == "auto" else config.precision
+    return {"batch_size": config.batch_size, "device": config.device, "precision": precision}
+
+
+def read_corpus(path: str) -> list[str]:
+    """--corpus: a text per line, or JSONL records with a `text` field (blank lines skipped)."""
+    from ..io.records import read_input_records
+
+    return [record.text for record in read_input_records([], path, "auto", "text") if not record.blank]
+
+
+def add_distractors(corpus: list[str], distractors: list[str]) -> tuple[list[str], int]:
+    """The corpus with each distractor not already in it (a distractor equal to a positive is
+    that positive: it stays relevant); how many were added."""
+    seen = set(corpus)
+    extra = [text for text in dict.fromkeys(distractors) if text not in seen]
+    return corpus + extra, len(extra)
+
+
+def reranked(config, hits: list[list[int]], queries: list[str], corpus: list[str]) -> list[list[int]]:
+    """Each query's top --rerank-top hits in the cross-encoder's order (the rest keep theirs)."""
+    from ..inference.loading import InferenceOptions
+    from ..inference.rerank import load_reranker
+
+    reranker = load_reranker(config.rerank, InferenceOptions(**speed_flags(config)), config.offline)
+    top = config.rerank_top
+    pairs = [(queries[q], corpus[row]) for q, rows in enumerate(hits) for row in rows[:top]]
+    info(f"re-ranking {len(pairs)} (query, passage) pairs with {config.rerank}")
+    scores = iter(reranker.score(pairs))
+    result = []
+    for rows in hits:
+        head = rows[:top]
+        head_scores = [next(scores) for _ in head]
+        order = sorted(range(len(head)), key=lambda i: -head_scores[i])  # stable: ties keep cosine order
+        result.append([head[i] for i in order] + rows[top:])
+    return result
+
+
+def paired_t_test(
+    first: dict[str, list[float]], second: dict[str, list[float]], metric: str
+) -> dict[str, Any]:
+    """Paired t-test on one metric's per-query values (the test IR studies use; Smucker et al.
+    2007 found it agrees with the randomisation test)."""
+    from scipy.stats import ttest_rel
+
+    a, b = first[metric], second[metric]
+    if len(a) != len(b):
+        raise UsageError("the two models were scored on different queries; they cannot be compared pairwise")
+    differences = [y - x for x, y in zip(a, b, strict=True)]
+    if all(d == 0 for d in differences):
+        p_value = 1.0
+    else:
+        p_value = float(ttest_rel(a, b).pvalue)
+    return {
+        "test": f"paired t-test on per-query {metric}",
+        "rows": len(a),
+        "better_for_first": sum(d < 0 for d in differences),
+        "better_for_second": sum(d > 0 for d in differences),
+        "mean_difference": sum(differences) / len(differences),
+        "p_value": p_value,
+        "significant_at_0.05": bool(p_value < 0.05),
+    }
 
 
 # Causal LM: sliding-window perplexity ------------------------------------------------------

@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..errors import UsageError
+from ..io.console import warn
+
 RECALL_AT = (1, 5, 10)
 RANK_AT = 10  # MRR@10, nDCG@10, MAP@10
 SELECTION_METRIC = "ndcg@10"
@@ -62,3 +65,38 @@ def retrieval_metrics(query_vectors, corpus_vectors, relevant: list[set[int]]) -
     """The means over queries, rounded for reports."""
     per_query = per_query_scores(top_hits(query_vectors, corpus_vectors, max(*RECALL_AT, RANK_AT)), relevant)
     return {name: round(sum(values) / len(values), 6) for name, values in per_query.items()}
+
+
+def retrieval_set(data, anchor_column: str, positive_column: str, max_rows: int | None, source: str):
+    """(queries, corpus, relevant corpus rows per query, skipped records) from (anchor, positive)
+    records: each distinct anchor is one query, relevant to every positive it appears with;
+    each distinct positive is one corpus passage, embedded once however many anchors share it.
+    Records without an anchor or a positive are reported by number and skipped."""
+    from ..io.data import require_columns
+
+    require_columns(data, {anchor_column: "--anchor-column", positive_column: "--positive-column"}, source)
+    rows = len(data) if max_rows is None else min(max_rows, len(data))
+    anchors, positives = data[anchor_column][:rows], data[positive_column][:rows]
+    passages: dict[str, int] = {}
+    wanted: dict[str, set[int]] = {}
+    skipped = 0
+    for number, (anchor, positive) in enumerate(zip(anchors, positives, strict=True), start=1):
+        if not (_is_text(anchor) and _is_text(positive)):
+            skipped += 1
+            if skipped <= 5:
+                warn(f"record {number}: no {'anchor' if not _is_text(anchor) else 'positive'}; skipped")
+            continue
+        row = passages.setdefault(positive, len(passages))
+        wanted.setdefault(anchor, set()).add(row)
+    if skipped > rows / 2 or not wanted:
+        raise UsageError(
+            f"{skipped} of {rows} records of {source} lack an anchor or a positive: check "
+            "--anchor-column / --positive-column"
+        )
+    if skipped:
+        warn(f"skipped {skipped} record(s) without an anchor or a positive")
+    return list(wanted), list(passages), list(wanted.values()), skipped
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())

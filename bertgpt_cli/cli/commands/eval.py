@@ -15,6 +15,7 @@ EXAMPLES = (
     "bgcli eval -m runs/rt --data test.csv --label-column sentiment",
     "bgcli eval --compare runs/rt runs/rt-long --data test.csv --label-column sentiment",
     "bgcli eval -m runs/clm --data reviews.txt --stride 256   # sliding-window perplexity",
+    "bgcli eval --task retrieval --compare minilm runs/emb --data squad-retrieval@validation",
 )
 CONFIG = evaluation.EvalConfig
 
@@ -51,7 +52,15 @@ def show_comparison(record: dict, fmt: str | None) -> None:
     console = make_console(stderr=False)
     console.print(table)
     paired = record.get("paired_test")
-    if paired:
+    if paired and "better_for_first" in paired:  # retrieval: per-query nDCG@10
+        verdict = "a real difference" if paired["significant_at_0.05"] else "not distinguishable from noise"
+        console.print(
+            f"{paired['test']}: {paired['better_for_first']} queries better with {first}, "
+            f"{paired['better_for_second']} with {second}, mean difference "
+            f"{paired['mean_difference']:+.4f}; p = {paired['p_value']:.4g} ({verdict} at 0.05)",
+            markup=False,
+        )
+    elif paired:
         verdict = "a real difference" if paired["significant_at_0.05"] else "not distinguishable from noise"
         console.print(
             f"{paired['test']}: {paired['only_first_correct']} rows only {first} gets right, "

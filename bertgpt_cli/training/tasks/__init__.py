@@ -11,6 +11,7 @@ from .multi_label import MultiLabelClassificationTask
 from .ner import NerTask
 from .next_sentence import MaskedLMWithNspTask
 from .qa import QaTask
+from .rerank import RerankTask
 from .sft import SftTask
 
 TASKS: dict[str, type[Task]] = {
@@ -22,6 +23,7 @@ TASKS: dict[str, type[Task]] = {
     "qa": QaTask,
     "sft": SftTask,
     "embedding": EmbeddingTask,
+    "rerank": RerankTask,
 }
 
 
@@ -43,6 +45,7 @@ __all__ = [
     "MultiLabelClassificationTask",
     "NerTask",
     "QaTask",
+    "RerankTask",
     "SftTask",
     "Task",
     "task_class",

@@ -33,6 +33,8 @@ class Task:
     # The task orders training records into batches itself (batch_order) instead of the
     # Trainer's length-grouped sampler.
     orders_batches = False
+    # prepare applies --max-train-samples to the records itself (one record makes several rows)
+    limits_records = False
 
     @property
     def head(self) -> Head:

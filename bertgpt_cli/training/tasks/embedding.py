@@ -81,32 +81,11 @@ class EmbeddingTask(Task):
         return prepared.pop("train"), prepared
 
     def _usable(self, dataset, split: str, groups: list[str]):
-        """Records without an anchor or a positive (or a score, for --loss cosine) are reported
-        by number and skipped; more than half of them refuses the data."""
-        columns = [dataset[self.columns[g]] for g in groups]
         scores = dataset[self.config.score_column] if self.config.loss == "cosine" else None
-        bad = []
-        for row, values in enumerate(zip(*columns, strict=True)):
-            missing = [
-                g for g, v in zip(groups, values, strict=True) if not (isinstance(v, str) and v.strip())
-            ]
-            if scores is not None and not isinstance(scores[row], (int, float)):
-                missing.append("score")
-            if missing:
-                bad.append(row)
-                if len(bad) <= 5:
-                    warn(f"{split} record {row + 1}: no {', no '.join(missing)}; skipped")
-        if not bad:
-            return dataset
-        if len(bad) > len(dataset) / 2:
-            raise UsageError(
-                f"{len(bad)} of {len(dataset)} {split} records lack an anchor or a positive: check "
-                "--anchor-column / --positive-column"
-            )
-        warn(f"{split}: skipped {len(bad)} record(s) without an anchor or a positive")
-        self.skipped[split] = len(bad)
-        drop = set(bad)
-        return dataset.select([i for i in range(len(dataset)) if i not in drop])
+        dataset, skipped = complete_records(dataset, {g: self.columns[g] for g in groups}, split, scores)
+        if skipped:
+            self.skipped[split] = skipped
+        return dataset
 
     @property
     def _uses_negatives(self) -> bool:
@@ -367,6 +346,32 @@ class EmbeddingTask(Task):
         if self.skipped:
             info["skipped_records"] = self.skipped
         return info
+
+
+def complete_records(dataset, columns: dict[str, str], split: str, scores=None):
+    """(the records with every text of `columns` (group -> column) and, given `scores`, a
+    number; how many were skipped). Each skipped one is reported by number (the first five);
+    more than half of them refuses the data."""
+    values = [dataset[column] for column in columns.values()]
+    bad = []
+    for row, texts in enumerate(zip(*values, strict=True)):
+        missing = [g for g, v in zip(columns, texts, strict=True) if not (isinstance(v, str) and v.strip())]
+        if scores is not None and not isinstance(scores[row], (int, float)):
+            missing.append("score")
+        if missing:
+            bad.append(row)
+            if len(bad) <= 5:
+                warn(f"{split} record {row + 1}: no {', no '.join(missing)}; skipped")
+    if not bad:
+        return dataset, 0
+    if len(bad) > len(dataset) / 2:
+        raise UsageError(
+            f"{len(bad)} of {len(dataset)} {split} records lack an anchor or a positive: check "
+            "--anchor-column / --positive-column"
+        )
+    warn(f"{split}: skipped {len(bad)} record(s) without an anchor or a positive")
+    drop = set(bad)
+    return dataset.select([i for i in range(len(dataset)) if i not in drop]), len(bad)
 
 
 def mnrl(anchors, positives, negatives, keys: dict, scale: float, symmetric: bool):
