@@ -42,6 +42,7 @@ __all__ = [
     "pretrain",
     "qa",
     "search",
+    "sweep",
     "tokenize",
 ]
 
@@ -113,6 +114,14 @@ def finetune(**options: Any) -> Path:
 
     run_dir, _ = engine.run(_config(engine.FinetuneConfig, options))
     return run_dir
+
+
+def sweep(**options: Any) -> dict:
+    """`bgcli sweep`: run (or continue) a hyper-parameter search; the summary record (as
+    DIR/sweep.json: every trial, the best, its run dir)."""
+    from .training import sweep as engine
+
+    return engine.run(_config(engine.SweepConfig, options))
 
 
 def pretrain(**options: Any) -> Path:

@@ -50,6 +50,10 @@ COMMANDS: tuple[Command, ...] = (
         "answering (qa), masked-LM (mlm) or causal-LM (clm); recipes in recipes/.",
     ),
     Command(
+        "sweep",
+        "Search hyper-parameters (optuna): trials as finetune run dirs, a study database, pruning, resume.",
+    ),
+    Command(
         "pretrain",
         "Pre-train from scratch: BERT with masked LM + next-sentence prediction, or GPT-2 with "
         "next-token prediction, on your corpus (tokenizer trained on the fly or given).",
@@ -87,7 +91,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "search",
-        "Semantic search: the corpus texts closest to each query (cosine of embeddings), with scores.",
+        "Semantic search: the corpus texts closest to each query (cosine of embeddings), with scores; "
+        "--rerank re-scores the top hits with a cross-encoder.",
         quick_exit=True,
     ),
     Command(

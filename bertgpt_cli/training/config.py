@@ -14,6 +14,8 @@ from .recipes import RecipeConfig
 DATA, NER, QA = DATA_PANEL, NER_PANEL, QA_PANEL
 TRAIN, LM, RUN = "Training", "Language modeling (--task mlm|clm|sft)", "Run"
 SFT, LORA = "Chat / instruction data (--task sft)", "LoRA (--lora)"
+REPORT_TO = ("none", "tensorboard", "mlflow", "trackio")
+TRACKING_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "trackio": "trackio"}
 EMBEDDING = "Embedding pairs (--task embedding; the columns for --task rerank too)"
 RERANK = "Cross-encoder (--task rerank)"
 EMBEDDING_LOSSES = ("mnrl", "cosine")
@@ -298,6 +300,23 @@ class FinetuneConfig(DataColumns, ModelOptions, OutputOptions, RecipeConfig):
     output: str | None = option(
         None, "Run dir (default runs/<recipe or task>-<timestamp>).", short="-o", panel=RUN, metavar="DIR"
     )
+    report_to: str = option(
+        "none",
+        "Experiment tracking through the Trainer's integration (pip install the package): TensorBoard "
+        "logs in the run dir, MLflow runs in ../mlruns, Trackio's local store.",
+        choices=REPORT_TO,
+        panel=RUN,
+    )
+    run_name: str | None = option(
+        None, "--report-to: the run's name (default: the run dir's name).", panel=RUN, metavar="NAME"
+    )
+    tracking_project: str | None = option(
+        None,
+        "--report-to: the experiment / project the run belongs to (default: the run dir's parent "
+        "folder's name, e.g. runs).",
+        panel=RUN,
+        metavar="NAME",
+    )
     overwrite: bool = option(False, "Replace a finished run in --output.", panel=RUN)
     num_processes: int = option(
         1, "Train in N processes on this machine (torchrun: gloo on CPU, NCCL on GPUs).", panel=RUN, ge=1
@@ -394,8 +413,18 @@ def validate(config: FinetuneConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} applies with --lora; add --lora")
     if config.quantize_base == "4bit":
         check_4bit_possible(config)
+    check_tracking(config.report_to)
     if config.precision == "fp16" and config.device == "cpu":
         raise UsageError("fp16 on a CPU is ~100x slower than fp32; use --precision bf16 or fp32")
+
+
+def check_tracking(report_to: str) -> None:
+    """The tracking package is an extra: one line naming it, before anything loads."""
+    import importlib.util
+
+    package = TRACKING_PACKAGES.get(report_to)
+    if package and importlib.util.find_spec(package) is None:
+        raise UsageError(f"--report-to {report_to} needs the {package} package: pip install {package}")
 
 
 def check_4bit_possible(config: FinetuneConfig) -> None:

@@ -19,9 +19,10 @@ from .recipes import recipe_values
 from .tasks import task_class
 
 
-def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
+def train(config, run_dir: Path, saved_config=None, callbacks=()) -> dict[str, Any]:
     """Train as `config` says; `saved_config` is what bgcli_config.yaml records (default: config;
-    `bgcli pretrain` records its own settings, which rebuild the same run)."""
+    `bgcli pretrain` records its own settings, which rebuild the same run); `callbacks` are
+    more TrainerCallbacks (a sweep's pruning)."""
     from transformers import set_seed
 
     started = time.time()
@@ -44,6 +45,8 @@ def train(config, run_dir: Path, saved_config=None) -> dict[str, Any]:
 
         model = wrap(model, config, task.trains_new_head, task.new_token_ids, checkpoint_keys(resolved))
     trainer = build_trainer(config, task, model, tokenizer, args, train_set, eval_set)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     checkpoint = resume_checkpoint(config.resume, run_dir)
     if trainer.is_world_process_zero():
         write_config(saved_config or config, run_dir)  # first: an interrupted run can be resumed from it
@@ -309,7 +312,9 @@ def training_arguments(config, task, run_dir: Path):
         metric_for_best_model=metric if has_eval else None,
         greater_is_better=greater_is_better,
         logging_steps=10,
-        report_to="none",
+        report_to=config.report_to,
+        run_name=config.run_name or run_dir.name,
+        project=config.tracking_project or run_dir.resolve().parent.name,
         disable_tqdm=True,
         train_sampling_strategy="group_by_length",
         average_tokens_across_devices=False,

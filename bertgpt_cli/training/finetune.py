@@ -35,7 +35,9 @@ def run(config: FinetuneConfig) -> tuple[Path, dict | None]:
     return run_training(config)
 
 
-def run_training(config: FinetuneConfig, setup=None, saved_config=None) -> tuple[Path, dict | None]:
+def run_training(
+    config: FinetuneConfig, setup=None, saved_config=None, callbacks=()
+) -> tuple[Path, dict | None]:
     """The run: pick and lock the run dir, relaunch in N processes if asked, train, summarise.
     `setup(run_dir, build)` prepares what the run starts from inside the locked run dir
     (`bgcli pretrain`: the model to initialise); `build` is False for the workers of a
@@ -62,8 +64,31 @@ def run_training(config: FinetuneConfig, setup=None, saved_config=None) -> tuple
     with created_for_this_run(run_dir), lock_unless_helper_rank(run_dir), disk_full_is_one_line(run_dir):
         if setup:
             setup(run_dir, not is_distributed_worker())
-        metrics = train(config, run_dir, saved_config)
+        with tracking_environment(config, run_dir):
+            metrics = train(config, run_dir, saved_config, callbacks)
     return run_dir, summary_record(config, run_dir, metrics) if is_main_process() else None
+
+
+@contextlib.contextmanager
+def tracking_environment(config: FinetuneConfig, run_dir: Path):
+    """Where --report-to writes by default: inside the run dir (TensorBoard's own default),
+    MLflow's store under the tracking project's folder; a variable the user set wins."""
+    import os
+
+    if config.report_to != "mlflow":
+        yield
+        return
+    defaults = {
+        "MLFLOW_TRACKING_URI": (run_dir.resolve().parent / "mlruns").as_uri(),
+        "MLFLOW_EXPERIMENT_NAME": config.tracking_project or run_dir.resolve().parent.name,
+    }
+    added = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

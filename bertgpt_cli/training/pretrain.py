@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..io.run_dirs import INIT_DIR
 from ..options import OutputOptions, option, same_option
-from .config import FinetuneConfig
+from .config import FinetuneConfig, check_tracking
 from .config import validate as validate_finetune
 from .finetune import run_training
 from .from_scratch import ARCHS, OBJECTIVES, SIZES, sizes_help
@@ -100,6 +100,9 @@ class PretrainConfig(OutputOptions, RecipeConfig):
     sample_prompts: list[str] = _borrow("sample_prompts")
     eval_before: bool = _borrow("eval_before")
     output: str | None = _borrow("output")
+    report_to: str = _borrow("report_to")
+    run_name: str | None = _borrow("run_name")
+    tracking_project: str | None = _borrow("tracking_project")
     overwrite: bool = _borrow("overwrite")
     num_processes: int = _borrow("num_processes")
     resume: str | None = _borrow("resume")
@@ -143,6 +146,7 @@ def validate(config: PretrainConfig) -> None:
         )
     if config.resume and not config.output:
         raise UsageError("--resume needs --output: the run dir to resume")
+    check_tracking(config.report_to)
     if config.objective == "mlm+nsp" and not config.packing:
         raise UsageError(
             "--no-packing applies to --objective mlm or clm; mlm+nsp always builds sentence pairs"

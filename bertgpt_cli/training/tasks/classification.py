@@ -144,6 +144,11 @@ def _value_text(split: str):
     return as_text
 
 
+def metrics_to_load(metric: str, computed: tuple[str, ...]) -> list[str]:
+    """The --metric to load beside the ones always computed (none for the Trainer's loss)."""
+    return [] if metric in (*computed, "loss") else [metric]
+
+
 class ClassificationTask(Task):
     name = "classification"
     trains_new_head = True
@@ -273,7 +278,7 @@ class ClassificationTask(Task):
         from ..metrics import ClassificationMetrics
 
         metric = self.config.metric or self.default_metric
-        metrics = ClassificationMetrics([] if metric in self.card_metrics else [metric])
+        metrics = ClassificationMetrics(metrics_to_load(metric, self.card_metrics))
 
         def compute(eval_pred) -> dict[str, float]:
             logits, labels = eval_pred

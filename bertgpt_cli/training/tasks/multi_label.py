@@ -18,6 +18,7 @@ from .classification import (
     LabelSet,
     check_seen,
     class_label_names,
+    metrics_to_load,
     named,
     no_label_error,
     sorted_label_values,
@@ -99,7 +100,7 @@ class MultiLabelClassificationTask(ClassificationTask):
         from ..metrics import ClassificationMetrics
 
         metric = self.config.metric or self.default_metric
-        metrics = ClassificationMetrics([] if metric in self.card_metrics else [metric], multi_label=True)
+        metrics = ClassificationMetrics(metrics_to_load(metric, self.card_metrics), multi_label=True)
 
         def compute(eval_pred) -> dict[str, float]:
             logits, labels = eval_pred
