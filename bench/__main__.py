@@ -16,6 +16,7 @@ BENCHMARKS = ["startup", "inference", "training", "ner", "qa", "embed", "serve",
 # training_memory runs two recipes for 600 steps, with and without rounded batch lengths (~50 min).
 # sft: bgcli vs TRL + LoRA vs full memory (~12 min); sft_quality: a 30-minute recipe + 2 x 500 answers.
 # embedding_speed: bgcli vs SentenceTransformerTrainer (~12 min); embedding_quality: a recipe (~25 min).
+# sweep: bgcli sweep vs Trainer.hyperparameter_search, BGCLI_SWEEP_MINUTES each (60) + 6 test runs (~25 min).
 LONG_BENCHMARKS = [
     "pretrain_curve",
     "precision",
@@ -24,6 +25,7 @@ LONG_BENCHMARKS = [
     "sft_quality",
     "embedding_speed",
     "embedding_quality",
+    "sweep",
 ]
 
 

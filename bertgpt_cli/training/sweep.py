@@ -11,6 +11,7 @@ is marked failed and retried with the same parameters, never counted as complete
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -418,6 +419,7 @@ def trial_config(config: SweepConfig, params: dict[str, Any], run_dir: Path, num
         "overwrite": False,
         "resume": None,
         "recipe": None,
+        "test_data": None,  # selection reads eval data only; the test is for after the sweep
         "run_name": f"trial-{number}",
         "tracking_project": config.study_name or run_dir.parent.resolve().name,
     }
@@ -549,6 +551,8 @@ def check(config: SweepConfig) -> tuple[list[Dimension], str, str]:
         )
     if config.jobs > 1 and config.num_processes > 1:
         raise UsageError("--jobs runs trials side by side; drop --num-processes (or use --jobs 1)")
+    if config.test_data:
+        info("the trials leave the test data alone (selection on eval data): score the best with bgcli eval")
     metric, greater = best_metric(config, task_class(config))
     return space, metric, "maximize" if greater else "minimize"
 
@@ -575,6 +579,11 @@ def run(config: SweepConfig) -> dict[str, Any]:
     workers = start_workers(config) if config.jobs > 1 and config.worker == 0 else []
     try:
         optimize(config, study, folder, space, metric)
+    except KeyboardInterrupt:
+        if config.worker == 0:  # what finished so far stays readable: sweep.json, plots, best
+            with contextlib.suppress(BgcliError):
+                report(config, study, folder, metric, direction)
+        raise
     finally:
         for worker in workers:
             code = worker.wait()
