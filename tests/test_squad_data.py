@@ -78,3 +78,20 @@ def test_squad_v2_metric_splits_has_answer_and_no_answer():
     assert scores["HasAns_exact"] == 100.0 and scores["HasAns_total"] == 1
     assert scores["NoAns_exact"] == 50.0 and scores["NoAns_f1"] == 50.0 and scores["NoAns_total"] == 2
     assert scores["exact"] == pytest.approx(200 / 3) and scores["total"] == 3
+
+
+def test_squad_triplets_give_each_question_another_paragraph_of_its_article():
+    """squad-triplets = squad-retrieval + a negative: a paragraph of the same article that is
+    not the question's own; the same choice on every load."""
+    from bertgpt_cli.io.data import load_data, load_squad
+
+    squad = load_squad("validation")
+    triplets = load_data("squad-triplets@validation")
+    pairs = load_data("squad-retrieval@validation")
+    assert triplets["anchor"] == pairs["anchor"] and triplets["positive"] == pairs["positive"]
+    article_of = {}
+    for title, context in zip(squad["title"], squad["context"], strict=True):
+        article_of.setdefault(context, title)
+    for positive, negative in zip(triplets["positive"], triplets["negative"], strict=True):
+        assert negative != positive and article_of[negative] == article_of[positive]
+    assert load_data("squad-triplets@validation")["negative"] == triplets["negative"]

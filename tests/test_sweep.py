@@ -48,34 +48,34 @@ def write_space(
 
 
 def test_trials_are_run_dirs_with_their_value_and_the_study_resumes(cli, tiny_bert_dir, train_csv, tmp_path):
-    """3 trials, then the same command with --trials 5 runs 2 more; each trial's value is the
+    """2 trials, then the same command with --trials 3 runs 1 more; each trial's value is the
     metric of its metrics.json; sweep.json, the plots and best -> the best trial; --keep best
     leaves weights only in the best trial."""
     space = write_space(tmp_path)
     out = tmp_path / "sweep"
-    first = cli(sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "3", "--pruner", "none"))
+    first = cli(sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "2", "--pruner", "none"))
     assert first.code == 0, first.stderr
     rows = [json.loads(line) for line in first.stdout.splitlines()]
-    assert [r["trial"] for r in rows] == [0, 1, 2] and all(r["state"] == "complete" for r in rows)
+    assert [r["trial"] for r in rows] == [0, 1] and all(r["state"] == "complete" for r in rows)
     for row in rows:
         metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
         assert row["value"] == pytest.approx(metrics["eval"]["eval_f1_macro"])
         saved = (Path(row["run_dir"]) / "bgcli_config.yaml").read_text()
         assert f"lr: {row['params']['lr']}" in saved  # the trial trained with its parameters
-    again = cli(sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "5", "--pruner", "none"))
+    again = cli(sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "3", "--pruner", "none"))
     assert again.code == 0, again.stderr
     rows = [json.loads(line) for line in again.stdout.splitlines()]
-    assert [r["trial"] for r in rows] == [0, 1, 2, 3, 4]
-    assert len({r["params"]["lr"] for r in rows}) == 5  # the continuation draws new trials
+    assert [r["trial"] for r in rows] == [0, 1, 2]
+    assert len({r["params"]["lr"] for r in rows}) == 3  # the continuation draws new trials
     summary = json.loads((out / "sweep.json").read_text())
     best = max(rows, key=lambda r: r["value"])
-    assert summary["best"]["value"] == best["value"] and summary["finished"] == 5
+    assert summary["best"]["value"] == best["value"] and summary["finished"] == 3
     assert (out / "best").resolve() == Path(summary["best"]["run_dir"]).resolve()
     assert (out / "history.png").stat().st_size > 0
     with_weights = [r["trial"] for r in rows if (Path(r["run_dir"]) / "model.safetensors").exists()]
     assert with_weights == [summary["best"]["trial"]]
     assert all((Path(r["run_dir"]) / "metrics.json").is_file() for r in rows)
-    done = cli(sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "5"))
+    done = cli(sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "3"))
     assert done.code == 0 and "raise --trials" in done.stderr
 
 
@@ -167,12 +167,12 @@ def test_pruning_decision_follows_the_median(tmp_path):
 
 
 def test_two_processes_share_one_sqlite_study(tiny_bert_dir, train_csv, tmp_path):
-    """Two `bgcli sweep` processes on one study file: 4 trials in all, numbered once each."""
+    """Two `bgcli sweep` processes on one study file: 3 trials in all, numbered once each."""
     from .conftest import BGCLI, ROOT
 
     space = write_space(tmp_path)
     out = tmp_path / "shared"
-    args = sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "4", "--pruner", "none", "-q")
+    args = sweep_args(tiny_bert_dir, train_csv, space, out, "--trials", "3", "--pruner", "none", "-q")
     procs = [
         subprocess.Popen(BGCLI + args[:], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)
@@ -181,7 +181,7 @@ def test_two_processes_share_one_sqlite_study(tiny_bert_dir, train_csv, tmp_path
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
     summary = json.loads((out / "sweep.json").read_text())
     numbers = [t["trial"] for t in summary["trials"] if t["state"] == "complete"]
-    assert len(numbers) >= 4 and len(set(numbers)) == len(numbers)
+    assert len(numbers) >= 3 and len(set(numbers)) == len(numbers)
     assert all(Path(t["run_dir"]).name == f"trial-{t['trial']}" for t in summary["trials"])
 
 

