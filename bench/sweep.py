@@ -49,8 +49,12 @@ def splits() -> tuple[Path, Path]:
         if not isinstance(rows.features["label"], ClassLabel):
             rows = rows.class_encode_column("label")
         parts = rows.train_test_split(test_size=0.1, seed=0, stratify_by_column="label")
-        parts["train"].to_json(train)
-        parts["test"].to_json(evaluation)
+        names = parts["train"].features["label"].names
+        for part, path in ((parts["train"], train), (parts["test"], evaluation)):
+            # label names, as the test split has them (ints would be other labels to the task)
+            pairs = zip(part["text"], part["label"], strict=True)
+            lines = [json.dumps({"text": text, "label": names[value]}) for text, value in pairs]
+            path.write_text("\n".join(lines) + "\n")
     return train, evaluation
 
 
