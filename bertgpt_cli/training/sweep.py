@@ -264,16 +264,28 @@ def open_study(config: SweepConfig, folder: Path, direction: str, space: list[Di
     url = storage_url(config, folder)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat
-    try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=30,
-            grace_period=120,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
-        raise UsageError(f"--storage {shown_url(url)}: {first_line(exc)}") from exc
+    with setup_lock(folder):
+        return _open_study(config, folder, direction, space, url, kwargs)
+
+
+@contextlib.contextmanager
+def setup_lock(folder: Path):
+    """Processes of this machine open the study one at a time: two creating a new database's
+    tables (and alembic's version stamp) at the same moment collide."""
+    import fcntl
+
+    with open(folder / ".study.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_study(config: SweepConfig, folder: Path, direction: str, space, url: str, kwargs: dict):
+    import optuna
+
+    storage = rdb_storage(url, kwargs)
     name = config.study_name or folder.resolve().name
     earlier = 0
     try:
@@ -297,6 +309,32 @@ def open_study(config: SweepConfig, folder: Path, direction: str, space: list[Di
             f"this sweep's metric wants {direction}: use another --study-name"
         )
     return study
+
+
+def rdb_storage(url: str, engine_kwargs: dict):
+    """optuna's RDB storage; processes of several machines creating a new database's tables at
+    the same moment collide: the later one waits and opens what the first created."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=30,
+                grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except SQLAlchemyError as exc:  # another machine creating the same database's tables
+            if attempt == 4:
+                raise UsageError(f"--storage {shown_url(url)}: {first_line(exc)}") from exc
+            time.sleep(0.5 + attempt)
+        except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
+            raise UsageError(f"--storage {shown_url(url)}: {first_line(exc)}") from exc
+    raise AssertionError("unreachable")
 
 
 def make_sampler(config: SweepConfig, space: list[Dimension], earlier_trials: int):
