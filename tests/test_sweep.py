@@ -11,17 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_eval import NEGATIVE, POSITIVE
-
-
-def write_csv(path: Path, rows) -> Path:
-    import csv
-
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
+from .test_finetune import NEGATIVE, POSITIVE, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -582,7 +582,7 @@ def check(config: SweepConfig) -> tuple[list[Dimension], str, str]:
     validate(probe)
     if not (config.eval_data or config.eval_split > 0):
         raise UsageError("a sweep compares trials on eval data: pass --eval-split (> 0) or --eval-data")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     if config.jobs > cores:
         raise UsageError(
             f"--jobs {config.jobs} is more than this machine's {cores} cores; use at most {cores}"
@@ -657,19 +657,24 @@ def optimize(config: SweepConfig, study, folder: Path, space, metric: str) -> No
         raise BgcliError(f"{FAILURES_IN_A_ROW} trials in a row failed (see above); the sweep stopped")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_threads(config: SweepConfig) -> None:
     """--jobs N: each trial process gets cores / N threads."""
     if config.jobs <= 1:
         return
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     torch.set_num_threads(max(1, cores // config.jobs))
 
 
 def start_workers(config: SweepConfig) -> list[subprocess.Popen]:
     """--jobs N: N - 1 more processes running the same study (the parent is the first)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     threads = str(max(1, cores // config.jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     workers = []
