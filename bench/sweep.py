@@ -67,6 +67,17 @@ def bgcli(args: list[str]) -> str:
     return done.stdout
 
 
+def stage(name: str, compute):
+    """A finished stage's result is kept in the bench folder, so that a rerun after a crash in a
+    later stage does not search for another hour; delete the folder to start over."""
+    saved = folder() / f"{name}.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    result = compute()
+    saved.write_text(json.dumps(result))
+    return result
+
+
 def ours(train: Path, evaluation: Path) -> dict:
     out = folder() / "bgcli"
     args = ["sweep", "--recipe", "rt-minilm", "--space", str(SPACE), "-o", str(out), "--trials", "1000"]
@@ -126,10 +137,14 @@ def test_accuracy(name: str, params: dict, train: Path, evaluation: Path) -> lis
 
 def run() -> list[Result]:
     train, evaluation = splits()
-    search = ours(train, evaluation)
-    reference = theirs(train, evaluation)
-    ours_test = test_accuracy("bgcli-best", search["best"]["params"], train, evaluation)
-    theirs_test = test_accuracy("hf-best", reference["best"]["params"], train, evaluation)
+    search = stage("ours", lambda: ours(train, evaluation))
+    reference = stage("theirs", lambda: theirs(train, evaluation))
+    ours_test = stage(
+        "ours-test", lambda: test_accuracy("bgcli-best", search["best"]["params"], train, evaluation)
+    )
+    theirs_test = stage(
+        "theirs-test", lambda: test_accuracy("hf-best", reference["best"]["params"], train, evaluation)
+    )
     ours_mean, theirs_mean = sum(ours_test) / 3 * 100, sum(theirs_test) / 3 * 100
     finished = [t for t in search["trials"] if t["state"] in ("complete", "pruned")]
     return [
