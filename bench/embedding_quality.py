@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 
-from .embedding_speed import bgcli, folder, run_quality
-from .runner import Result
+from .embedding_speed import folder, run_quality
+from .runner import Result, bgcli
 
 RERANK_QUERIES, RERANK_TOP = 1000, 20
 

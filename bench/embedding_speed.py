@@ -14,16 +14,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import Result
+from .runner import OFFLINE, Result, bgcli
 
 STEPS, BATCH, MAX_LENGTH, LR = 120, 32, 256, 5e-5
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def folder() -> Path:
@@ -48,14 +46,6 @@ def dev_scores(model: str) -> dict:
     from bertgpt_cli.api import evaluate
 
     return evaluate(model, data="squad-retrieval@validation", task="retrieval", quiet=True, offline=True)
-
-
-def bgcli(args: list[str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bertgpt_cli", *args], capture_output=True, text=True, env=ENV
-    )
-    if done.returncode:
-        raise RuntimeError(f"bgcli {' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
 
 
 def ours(data: Path, out: Path) -> float:
@@ -101,7 +91,7 @@ def theirs(data: Path, out: Path) -> float:
         [sys.executable, "-c", THEIRS, str(data), str(out), str(STEPS), str(BATCH), str(MAX_LENGTH), str(LR)],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=OFFLINE,
     )
     if done.returncode:
         raise RuntimeError(f"SentenceTransformerTrainer failed:\n{done.stderr[-3000:]}")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import Result
+from .runner import Result, bgcli
 
 RECIPE = "reviews-bert-mini-pretrain"
 SEEDS = (42, 43, 44)
@@ -32,22 +31,17 @@ RT = [
 ]
 
 
-def bgcli(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "bertgpt_cli", *args, "--quiet"], check=True, stdout=subprocess.DEVNULL
-    )
-
-
 def pretrain(run_dir: Path) -> dict:
     if not (run_dir / "metrics.json").is_file():
-        bgcli("pretrain", "--recipe", RECIPE, "--output", str(run_dir), "--overwrite")
+        bgcli(["pretrain", "--recipe", RECIPE, "--output", str(run_dir), "--overwrite", "--quiet"])
     return json.loads((run_dir / "metrics.json").read_text())
 
 
 def finetuned_accuracy(start: Path, seed: int, out: Path) -> float:
     if not (out / "metrics.json").is_file():
         bgcli(
-            "finetune", "-m", str(start), *RT, *FINETUNE, "--seed", str(seed), "-o", str(out), "--overwrite"
+            ["finetune", "-m", str(start), *RT, *FINETUNE, "--seed", str(seed), "-o", str(out)]
+            + ["--overwrite", "--quiet"]
         )
     return json.loads((out / "metrics.json").read_text())["test"]["test_accuracy"]
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -11,6 +14,18 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).with_name("results.json")
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def bgcli(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """`bgcli ARGS` in a fresh process, offline; its output captured. A failure raises with the
+    tail of its stderr (what a bench needs to tell why a side failed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bertgpt_cli", *args], capture_output=True, text=True, env=OFFLINE, **kwargs
+    )
+    if done.returncode:
+        raise RuntimeError(f"bgcli {' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
+    return done
 
 
 @dataclass

@@ -15,34 +15,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import Result
+from .runner import OFFLINE, Result, bgcli
 
 STEPS = 40
 BATCH, MAX_LENGTH, LR = 4, 512, 3e-4
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}  # the squad-smollm2-lora recipe's settings
 TRAIN_ROWS, HELD_OUT_ROWS, DEV_QUESTIONS = 2000, 200, 500
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def sft_dir() -> Path:
     folder = bench_dir() / "sft"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def bgcli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "bertgpt_cli", *args], capture_output=True, text=True, env=ENV, **kwargs
-    )
-    if done.returncode:
-        raise RuntimeError(f"bgcli {' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
-    return done
 
 
 def data_files(folder: Path) -> tuple[Path, Path, Path]:
@@ -129,7 +118,7 @@ def reference() -> Result:
     ours = json.loads((ours_dir / "metrics.json").read_text())
     script = [sys.executable, "-c", TRL_SCRIPT, str(model_dir), str(train), str(trl_dir), str(STEPS)]
     script += [str(BATCH), str(MAX_LENGTH), str(LR), str(LORA["r"]), str(LORA["alpha"]), str(LORA["dropout"])]
-    done = subprocess.run(script, capture_output=True, text=True, env=ENV)
+    done = subprocess.run(script, capture_output=True, text=True, env=OFFLINE)
     if done.returncode:
         raise RuntimeError(f"TRL reference failed:\n{done.stderr[-3000:]}")
     trl = json.loads((trl_dir / "trl.json").read_text())

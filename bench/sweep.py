@@ -23,12 +23,11 @@ import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import Result
+from .runner import OFFLINE, Result, bgcli
 
 BUDGET_MINUTES = float(os.environ.get("BGCLI_SWEEP_MINUTES", "60"))
 SEEDS = (42, 43, 44)
 SPACE = Path(__file__).with_name("rt-space.yaml")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def folder() -> Path:
@@ -56,15 +55,6 @@ def splits() -> tuple[Path, Path]:
             lines = [json.dumps({"text": text, "label": names[value]}) for text, value in pairs]
             path.write_text("\n".join(lines) + "\n")
     return train, evaluation
-
-
-def bgcli(args: list[str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "bertgpt_cli", *args], capture_output=True, text=True, env=ENV
-    )
-    if done.returncode:
-        raise RuntimeError(f"bgcli {' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def stage(name: str, compute):
@@ -103,7 +93,7 @@ def theirs(train: Path, evaluation: Path) -> dict:
         str(folder() / "hf"),
         str(BUDGET_MINUTES),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    done = subprocess.run(command, capture_output=True, text=True, env=OFFLINE)
     if done.returncode:
         raise RuntimeError(f"Trainer.hyperparameter_search failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
