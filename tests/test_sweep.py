@@ -144,16 +144,40 @@ def test_pruning_decision_follows_the_median(tmp_path):
     study = optuna.create_study(direction="minimize", pruner=optuna.pruners.MedianPruner(1, 1))
     for value in (0.2, 0.3):
         trial = study.ask()
-        trial.report(value, 2)
+        trial.report(value, 16)
         study.tell(trial, value)
     for loss, pruned in ((0.9, True), (0.1, False)):
         trial = study.ask()
         callback = PruningCallback(trial, "loss")
         state, control = TrainerState(), TrainerControl()
         state.global_step = 2
-        callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        callback.on_evaluate(training_args(batch_size=8), state, control, metrics={"eval_loss": loss})
         assert callback.pruned is pruned and control.should_training_stop is pruned
-        assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {2: loss}
+        assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {16: loss}
+
+
+def training_args(batch_size: int, accumulation: int = 1):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir="unused", per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, use_cpu=True, report_to="none",
+    )  # fmt: skip
+
+
+def test_trials_of_different_batch_sizes_are_compared_after_the_same_data():
+    """The pruner's step is examples seen: batch 32 after 240 steps, batch 16 after 480, and
+    batch 8 x 4 accumulation after 240 steps all report at step 7,680."""
+    from transformers import TrainerState
+
+    from bertgpt_cli.training.sweep import examples_seen
+
+    steps = []
+    for batch, accumulation, global_step in ((32, 1, 240), (16, 1, 480), (8, 4, 240)):
+        state = TrainerState()
+        state.global_step = global_step
+        steps.append(examples_seen(training_args(batch, accumulation), state))
+    assert steps == [7680, 7680, 7680]
 
 
 def test_two_processes_share_one_sqlite_study(tiny_bert_dir, train_csv, tmp_path):

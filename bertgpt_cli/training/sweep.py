@@ -78,8 +78,8 @@ class SweepConfig(FinetuneConfig):
     )
     pruner: str = option(
         "median",
-        "median: stop a trial whose eval metric is worse than the median of earlier trials at the "
-        "same step (after 2 trials); none: run every trial to the end.",
+        "median: stop a trial whose eval metric is worse than the median of earlier trials after "
+        "as many training examples (after 2 trials); none: run every trial to the end.",
         choices=("median", "none"),
         panel=PANEL,
     )
@@ -435,7 +435,8 @@ class Objective:
         self.failures_in_a_row = 0
         value = run_value(run_dir, self.metric)
         if pruning.pruned:
-            info(f"trial {trial.number} pruned at step {pruning.step} ({self.metric} {pruning.value:.4f})")
+            where = f"after {pruning.examples} examples ({self.metric} {pruning.value:.4f})"
+            info(f"trial {trial.number} pruned {where}")
             raise optuna.TrialPruned()
         info(f"trial {trial.number}: {self.metric} {value:.4f}")
         return value
@@ -484,18 +485,28 @@ def pruning_callback_class():
 
         def __init__(self, trial, metric: str):
             self.trial, self.metric = trial, metric
-            self.pruned, self.step, self.value = False, 0, float("nan")
+            self.pruned, self.examples, self.value = False, 0, float("nan")
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             value = (metrics or {}).get(f"eval_{self.metric}")
             if value is None or not state.is_world_process_zero:
                 return
-            self.trial.report(float(value), state.global_step)
+            seen = examples_seen(args, state)
+            self.trial.report(float(value), seen)
             if self.trial.should_prune():
-                self.pruned, self.step, self.value = True, state.global_step, float(value)
+                self.pruned, self.examples, self.value = True, seen, float(value)
                 control.should_training_stop = True
 
     return _Pruning
+
+
+def examples_seen(args, state) -> int:
+    """The pruner's step: training examples seen so far, not optimizer steps, so that trials of
+    different batch sizes are compared after the same amount of data (at the end of epoch 1, a
+    batch-16 trial is at step 480 and a batch-32 one at step 240: the median pruner would only
+    ever compare each with its own batch size)."""
+    per_step = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return state.global_step * per_step
 
 
 def PruningCallback(trial, metric: str):  # noqa: N802 - a class made on first use (transformers is heavy)
