@@ -30,6 +30,8 @@ def main() -> None:
     model_dir, train_file, eval_file, out, minutes = sys.argv[1:6]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = load_dataset("json", data_files={"train": train_file, "eval": eval_file})
+    # the split files carry label names, as the test split does; the Trainer wants class ids
+    data = data.class_encode_column("label")
     data = data.map(lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True)
 
     def model_init(trial=None):
