@@ -156,6 +156,29 @@ def test_pruning_decision_follows_the_median(tmp_path):
         assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {16: loss}
 
 
+def test_the_last_evaluation_never_prunes(tmp_path):
+    """A trial at its last step has nothing left to save: reported, but complete, whatever the
+    median says (pruned there it would never count as a candidate for the best)."""
+    import optuna
+    from transformers import TrainerControl, TrainerState
+
+    from bertgpt_cli.training.sweep import PruningCallback
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, 1))
+    for value in (0.8, 0.9):
+        trial = study.ask()
+        trial.report(value, 64)
+        study.tell(trial, value)
+    trial = study.ask()
+    callback = PruningCallback(trial, "accuracy")
+    for max_steps, pruned in ((16, True), (8, False)):  # step 8 of 16: pruned; of 8: the end
+        state, control = TrainerState(), TrainerControl()
+        state.global_step, state.max_steps = 8, max_steps
+        callback.on_evaluate(training_args(batch_size=8), state, control, metrics={"eval_accuracy": 0.5})
+        assert trial.should_prune() and callback.pruned is pruned and control.should_training_stop is pruned
+        callback.pruned = False
+
+
 def training_args(batch_size: int, accumulation: int = 1):
     from transformers import TrainingArguments
 

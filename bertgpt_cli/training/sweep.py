@@ -493,7 +493,10 @@ def pruning_callback_class():
                 return
             seen = examples_seen(args, state)
             self.trial.report(float(value), seen)
-            if self.trial.should_prune():
+            finished = state.max_steps and state.global_step >= state.max_steps
+            # After the last step nothing is left to save: the trial is complete with its value
+            # (pruned there, a fully trained trial would not count as a candidate for the best).
+            if not finished and self.trial.should_prune():
                 self.pruned, self.examples, self.value = True, seen, float(value)
                 control.should_training_stop = True
 
