@@ -14,12 +14,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import OFFLINE, Result, bgcli
+from .runner import Result, bgcli, run_offline
 
 STEPS, BATCH, MAX_LENGTH, LR = 120, 32, 256, 5e-5
 
@@ -87,14 +86,8 @@ print(json.dumps({"train_runtime": result.metrics["train_runtime"]}))
 
 
 def theirs(data: Path, out: Path) -> float:
-    done = subprocess.run(
-        [sys.executable, "-c", THEIRS, str(data), str(out), str(STEPS), str(BATCH), str(MAX_LENGTH), str(LR)],
-        capture_output=True,
-        text=True,
-        env=OFFLINE,
-    )
-    if done.returncode:
-        raise RuntimeError(f"SentenceTransformerTrainer failed:\n{done.stderr[-3000:]}")
+    command = [sys.executable, "-c", THEIRS, str(data), str(out), str(STEPS), str(BATCH), str(MAX_LENGTH)]
+    done = run_offline(command + [str(LR)], "SentenceTransformerTrainer")
     return STEPS * BATCH / json.loads(done.stdout.strip().splitlines()[-1])["train_runtime"]
 
 

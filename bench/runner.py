@@ -17,15 +17,18 @@ RESULTS = Path(__file__).with_name("results.json")
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def bgcli(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
-    """`bgcli ARGS` in a fresh process, offline; its output captured. A failure raises with the
+def run_offline(command: list[str], what: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """A bench side in a fresh process, offline; its output captured. A failure raises with the
     tail of its stderr (what a bench needs to tell why a side failed)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bertgpt_cli", *args], capture_output=True, text=True, env=OFFLINE, **kwargs
-    )
+    done = subprocess.run(command, capture_output=True, text=True, env=OFFLINE, **kwargs)
     if done.returncode:
-        raise RuntimeError(f"bgcli {' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
     return done
+
+
+def bgcli(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """`bgcli ARGS` through run_offline."""
+    return run_offline([sys.executable, "-m", "bertgpt_cli", *args], f"bgcli {' '.join(args[:3])}", **kwargs)
 
 
 @dataclass

@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import OFFLINE, Result, bgcli
+from .runner import Result, bgcli, run_offline
 
 STEPS = 40
 BATCH, MAX_LENGTH, LR = 4, 512, 3e-4
@@ -118,9 +117,7 @@ def reference() -> Result:
     ours = json.loads((ours_dir / "metrics.json").read_text())
     script = [sys.executable, "-c", TRL_SCRIPT, str(model_dir), str(train), str(trl_dir), str(STEPS)]
     script += [str(BATCH), str(MAX_LENGTH), str(LR), str(LORA["r"]), str(LORA["alpha"]), str(LORA["dropout"])]
-    done = subprocess.run(script, capture_output=True, text=True, env=OFFLINE)
-    if done.returncode:
-        raise RuntimeError(f"TRL reference failed:\n{done.stderr[-3000:]}")
+    run_offline(script, "TRL reference")
     trl = json.loads((trl_dir / "trl.json").read_text())
     ours_tps = ours["train"]["train_tokens_per_second"]
     losses = {"ours": held_out_loss(ours_dir, held), "trl": held_out_loss(trl_dir, held)}

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from .assets import bench_dir
-from .runner import OFFLINE, Result, bgcli
+from .runner import Result, bgcli, run_offline
 
 BUDGET_MINUTES = float(os.environ.get("BGCLI_SWEEP_MINUTES", "60"))
 SEEDS = (42, 43, 44)
@@ -93,9 +92,7 @@ def theirs(train: Path, evaluation: Path) -> dict:
         str(folder() / "hf"),
         str(BUDGET_MINUTES),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=OFFLINE)
-    if done.returncode:
-        raise RuntimeError(f"Trainer.hyperparameter_search failed:\n{done.stderr[-3000:]}")
+    done = run_offline(command, "Trainer.hyperparameter_search")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
